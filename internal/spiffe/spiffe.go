@@ -1,0 +1,75 @@
+package spiffe
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Names shared with cert-manager's csi-driver-spiffe, so that pods and
+// policies written for it work unchanged.
+const (
+	// DefaultDriverName is the CSI driver name and the default of --driver-name.
+	DefaultDriverName = "spiffe.csi.cert-manager.io"
+	// IdentityAnnotation carries the SPIFFE ID on every request the driver creates.
+	IdentityAnnotation = "spiffe.csi.cert-manager.io/identity"
+	// DriverLabel carries the driver name; the approver selects on it.
+	DriverLabel = "spiffe.csi.cert-manager.io/driver"
+	// NodeLabel carries the node (see NodeLabelValue); each driver watches only its own.
+	NodeLabel = "spiffe.csi.cert-manager.io/node"
+	// FSGroupAttribute is the volume attribute naming the group that may read the files.
+	FSGroupAttribute = "spiffe.csi.cert-manager.io/fs-group"
+	// AttributePrefix is the prefix of every volume attribute the driver owns;
+	// unknown attributes under it are rejected.
+	AttributePrefix = "spiffe.csi.cert-manager.io/"
+	// ConditionReason is the reason of the approver's Approved/Denied conditions.
+	ConditionReason = "spiffe.csi.cert-manager.io"
+)
+
+// Usages are exactly the key usages of every request, in the order the driver sends them.
+var Usages = []cmapi.KeyUsage{
+	cmapi.UsageKeyEncipherment,
+	cmapi.UsageDigitalSignature,
+	cmapi.UsageClientAuth,
+	cmapi.UsageServerAuth,
+}
+
+// ParseTrustDomain validates a trust domain name such as "cluster.local".
+func ParseTrustDomain(name string) (spiffeid.TrustDomain, error) {
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", name, err)
+	}
+	if td.IDString() != "spiffe://"+name {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: must be a bare name like cluster.local", name)
+	}
+	return td, nil
+}
+
+// ID is the SPIFFE ID of a ServiceAccount:
+// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>.
+func ID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("SPIFFE ID for ServiceAccount %s/%s: %w", namespace, serviceAccount, err)
+	}
+	return id, nil
+}
+
+// ServiceAccountUsername is the username the API server gives a ServiceAccount's token.
+func ServiceAccountUsername(namespace, serviceAccount string) string {
+	return "system:serviceaccount:" + namespace + ":" + serviceAccount
+}
+
+// NodeLabelValue is the value of NodeLabel for a node: its name, or, when the
+// name is longer than a label value may be, the first 63 hex digits of its SHA-256.
+func NodeLabelValue(nodeName string) string {
+	if len(nodeName) <= 63 {
+		return nodeName
+	}
+	sum := sha256.Sum256([]byte(nodeName))
+	return hex.EncodeToString(sum[:])[:63]
+}
