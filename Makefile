@@ -42,7 +42,8 @@ $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/kube/go.mod h
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
 
 $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook &: hack/tools/certmanager/go.mod hack/tools/certmanager/go.sum $(wildcard hack/tools/certmanager/*/*.go)
-	cd hack/tools/certmanager && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(CM_LDFLAGS)' -o $(BIN)/ ./controller ./webhook
+	cd hack/tools/certmanager && for c in controller webhook; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(CM_LDFLAGS)' -o $(BIN)/cert-manager-$$c ./$$c || exit 1; done
 
 # Ours are always handed to go build, whose cache makes a no-op cheap.
 .PHONY: $(OURS)
