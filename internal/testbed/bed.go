@@ -233,7 +233,11 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 		"--name=bed", "--data-dir="+b.etcdDir,
 		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
 		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
-		"--initial-cluster=bed="+peerURL, "--logger=zap", "--log-level=warn")
+		"--initial-cluster=bed="+peerURL, "--logger=zap", "--log-level=warn",
+		// Debian's etcd 3.4 predates the progress requests kube-apiserver makes
+		// of newer etcds; frequent progress notifications keep its watch cache
+		// current the same way, so watches from "now" do not time out.
+		"--experimental-watch-progress-notify-interval=500ms")
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,241 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
+	cminformers "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions"
+	cminformersv1 "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions/certmanager/v1"
+	cmlisters "github.com/cert-manager/cert-manager/pkg/client/listers/certmanager/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/approver/metrics"
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+)
+
+// IssuerSource tells the active issuer (internal/issuer.Tracker).
+type IssuerSource interface {
+	Current() (cmmeta.IssuerReference, bool)
+	HasSynced() bool
+}
+
+// Options configure a Controller.
+type Options struct {
+	Client   cmclient.Interface
+	Informer cminformersv1.CertificateRequestInformer // from NewInformerFactory
+	Issuer   IssuerSource
+	// TrustDomain and Duration are enforced on every request.
+	TrustDomain spiffeid.TrustDomain
+	Duration    time.Duration
+	Recorder    record.EventRecorder
+	Metrics     *metrics.Metrics // may be nil
+	Now         func() time.Time // defaults to time.Now
+}
+
+// Controller decides pending CertificateRequests.
+type Controller struct {
+	client   cmclient.Interface
+	lister   cmlisters.CertificateRequestLister
+	synced   cache.InformerSynced
+	issuer   IssuerSource
+	td       spiffeid.TrustDomain
+	duration time.Duration
+	recorder record.EventRecorder
+	metrics  *metrics.Metrics
+	now      func() time.Time
+
+	runMu sync.Mutex                // one Run at a time (one leadership term)
+	queue atomic.Pointer[workQueue] // nil while not running: standing by
+}
+
+type workQueue struct {
+	workqueue.TypedRateLimitingInterface[cache.ObjectName]
+}
+
+// NewInformerFactory returns a factory whose informers hold only the
+// requests labelled for driverName, filtered by the API server, without
+// managedFields: memory does not grow with other CertificateRequests.
+func NewInformerFactory(client cmclient.Interface, driverName string) cminformers.SharedInformerFactory {
+	selector := labels.Set{spiffe.DriverLabel: driverName}.String()
+	return cminformers.NewSharedInformerFactoryWithOptions(client, 0,
+		cminformers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
+		cminformers.WithTransform(stripManagedFields))
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// New returns a Controller and registers its event handler on the informer.
+func New(opts Options) (*Controller, error) {
+	switch {
+	case opts.Client == nil:
+		return nil, errors.New("controller: Client is required")
+	case opts.Informer == nil:
+		return nil, errors.New("controller: Informer is required")
+	case opts.Issuer == nil:
+		return nil, errors.New("controller: Issuer is required")
+	case opts.TrustDomain.IsZero():
+		return nil, errors.New("controller: TrustDomain is required")
+	case opts.Duration <= 0:
+		return nil, errors.New("controller: Duration must be positive")
+	case opts.Recorder == nil:
+		return nil, errors.New("controller: Recorder is required")
+	}
+	c := &Controller{
+		client:   opts.Client,
+		lister:   opts.Informer.Lister(),
+		issuer:   opts.Issuer,
+		td:       opts.TrustDomain,
+		duration: opts.Duration,
+		recorder: opts.Recorder,
+		metrics:  opts.Metrics,
+		now:      opts.Now,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	reg, err := opts.Informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueue,
+		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
+		// A deleted request needs no decision.
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller: add event handler: %w", err)
+	}
+	c.synced = reg.HasSynced
+	return c, nil
+}
+
+// HasSynced reports whether the request cache and the active issuer are
+// loaded: the approver is ready, leading or standing by.
+func (c *Controller) HasSynced() bool {
+	return c.synced() && c.issuer.HasSynced()
+}
+
+// QueueDepth is the number of requests waiting; 0 while standing by.
+func (c *Controller) QueueDepth() int {
+	if q := c.queue.Load(); q != nil {
+		return q.Len()
+	}
+	return 0
+}
+
+// pending reports whether a request is the driver's and still undecided.
+func pending(cr *cmapi.CertificateRequest) bool {
+	if _, ok := cr.Annotations[spiffe.IdentityAnnotation]; !ok {
+		return false
+	}
+	for _, c := range cr.Status.Conditions {
+		if c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied {
+			return false // decided, whatever the status: a decision is final
+		}
+	}
+	return true
+}
+
+// enqueue filters before the queue: not ours or decided never enters.
+func (c *Controller) enqueue(obj any) {
+	cr, ok := obj.(*cmapi.CertificateRequest)
+	if !ok || !pending(cr) {
+		return
+	}
+	if q := c.queue.Load(); q != nil {
+		q.Add(cache.MetaObjectToName(cr))
+	}
+}
+
+// Run waits for the caches, then decides requests with the given number of
+// workers until ctx is done, and returns once every worker has stopped. It
+// may be called again (a new leadership term) after it returns.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	if workers < 1 {
+		return fmt.Errorf("controller: workers must be at least 1, got %d", workers)
+	}
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
+	logger := klog.FromContext(ctx)
+	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.HasSynced) {
+		return nil // ctx done
+	}
+
+	// Per-item backoff from 5ms to 30s: a request that cannot be decided
+	// yet (no issuer, API errors) is retried without hammering the API and
+	// is decided within 30s of the cause going away.
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[cache.ObjectName](5*time.Millisecond, 30*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "certificaterequests"})
+	c.queue.Store(&workQueue{q})
+	// Requests that arrived while standing by: the handler dropped them.
+	crs, err := c.lister.List(labels.Everything())
+	if err != nil {
+		q.ShutDown()
+		c.queue.Store(nil)
+		return fmt.Errorf("list cached CertificateRequests: %w", err)
+	}
+	for _, cr := range crs {
+		if pending(cr) {
+			q.Add(cache.MetaObjectToName(cr))
+		}
+	}
+
+	logger.Info("Starting workers", "count", workers, "pending", q.Len())
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			wait.UntilWithContext(ctx, func(ctx context.Context) {
+				for c.processNextWorkItem(ctx, q) {
+				}
+			}, time.Second)
+		})
+	}
+	<-ctx.Done()
+	q.ShutDown() // unblocks workers waiting in Get
+	wg.Wait()
+	c.queue.Store(nil)
+	logger.Info("Workers stopped")
+	return nil
+}
+
+func (c *Controller) processNextWorkItem(ctx context.Context, q workqueue.TypedRateLimitingInterface[cache.ObjectName]) bool {
+	key, shutdown := q.Get()
+	if shutdown {
+		return false
+	}
+	defer q.Done(key)
+	err := c.sync(ctx, key)
+	switch {
+	case err == nil:
+		q.Forget(key)
+	case apierrors.IsConflict(err) || ctx.Err() != nil:
+		// A newer version is on its way through the informer, or we are
+		// stopping: retry quietly.
+		klog.FromContext(ctx).V(4).Info("Retrying", "certificaterequest", klog.KRef(key.Namespace, key.Name), "err", err)
+		q.AddRateLimited(key)
+	default:
+		utilruntime.HandleErrorWithContext(ctx, err, "Cannot decide CertificateRequest yet; retrying",
+			"certificaterequest", klog.KRef(key.Namespace, key.Name), "retries", q.NumRequeues(key))
+		q.AddRateLimited(key)
+	}
+	return true
+}

@@ -1,0 +1,64 @@
+// Command svid-csi-approver approves the CertificateRequests the svid-csi
+// driver creates when they carry exactly the SPIFFE identity of the pod's
+// ServiceAccount, and denies them otherwise.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/approver/app"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	cfg := app.DefaultConfig()
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain every approved ID must be in")
+	flag.DurationVar(&cfg.CertificateRequestDuration, "certificate-request-duration", cfg.CertificateRequestDuration, "spec.duration every request must carry")
+	flag.StringVar(&cfg.IssuerName, "issuer-name", cfg.IssuerName, "name of the issuer requests must reference (empty: only the runtime ConfigMap's)")
+	flag.StringVar(&cfg.IssuerKind, "issuer-kind", cfg.IssuerKind, "kind of that issuer")
+	flag.StringVar(&cfg.IssuerGroup, "issuer-group", cfg.IssuerGroup, "API group of that issuer")
+	flag.StringVar(&cfg.RuntimeIssuanceConfigMap, "runtime-issuance-configmap", cfg.RuntimeIssuanceConfigMap, "<namespace>/<name> of a ConfigMap whose issuer-name/-kind/-group override the issuer flags while valid")
+	flag.StringVar(&cfg.DriverName, "driver-name", cfg.DriverName, "CSI driver name; only requests labelled with it are watched")
+	flag.BoolVar(&cfg.LeaderElection, "leader-election", cfg.LeaderElection, "run workers only while holding the leader Lease")
+	flag.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", cfg.LeaderElectionNamespace, "namespace of the leader Lease")
+	flag.StringVar(&cfg.LeaderElectionID, "leader-election-id", cfg.LeaderElectionID, "name of the leader Lease")
+	flag.DurationVar(&cfg.LeaderElectionLeaseDuration, "leader-election-lease-duration", cfg.LeaderElectionLeaseDuration, "how long standbys wait before taking over an unrenewed lease")
+	flag.DurationVar(&cfg.LeaderElectionRenewDeadline, "leader-election-renew-deadline", cfg.LeaderElectionRenewDeadline, "how long the leader retries renewing before it stops leading")
+	flag.DurationVar(&cfg.LeaderElectionRetryPeriod, "leader-election-retry-period", cfg.LeaderElectionRetryPeriod, "interval between lease acquire and renew attempts")
+	flag.IntVar(&cfg.Workers, "workers", cfg.Workers, "number of concurrent workers")
+	flag.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "address of the Prometheus /metrics endpoint (empty disables)")
+	flag.StringVar(&cfg.HealthAddress, "health-address", cfg.HealthAddress, "address of the /healthz and /readyz endpoints")
+	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "path to a kubeconfig (empty: in-cluster configuration)")
+	flag.Float64Var(&cfg.KubeAPIQPS, "kube-api-qps", cfg.KubeAPIQPS, "sustained queries per second to the API server")
+	flag.IntVar(&cfg.KubeAPIBurst, "kube-api-burst", cfg.KubeAPIBurst, "burst of queries to the API server")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	klog.InitFlags(nil)
+	flag.Parse()
+
+	if *showVersion {
+		fmt.Println(app.Component, version)
+		return
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: invalid flag %v\n", app.Component, err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	klog.Background().Info("Starting "+app.Component, "version", version)
+	if err := app.Run(ctx, cfg); err != nil {
+		klog.ErrorS(err, "Approver failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}

@@ -1,0 +1,177 @@
+//go:build integration
+
+package approver
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+)
+
+// TestApproveThenIssue: a valid request created as a ServiceAccount is
+// approved by the real approver, then signed by the CA ClusterIssuer.
+func TestApproveThenIssue(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	startApprover(t, "approver-issue", "--leader-election=false")
+	tn := newTenant(t, "issue")
+
+	cr := tn.create(t, ctx, tn.request(t, requestOpts{}))
+	c := decision(ctx, t, tn.ns, cr.Name)
+	if c.Type != cmapi.CertificateRequestConditionApproved || c.Reason != spiffe.ConditionReason {
+		t.Fatalf("condition = %s/%s %q, want Approved/%s", c.Type, c.Reason, c.Message, spiffe.ConditionReason)
+	}
+	var issued *cmapi.CertificateRequest
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		got, err := bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Get(ctx, cr.Name, metav1.GetOptions{})
+		issued = got
+		return err == nil && len(got.Status.Certificate) > 0, nil
+	}); err != nil {
+		t.Fatalf("approved request never issued: %v", err)
+	}
+	block, _ := pem.Decode(issued.Status.Certificate)
+	if block == nil {
+		t.Fatal("status.certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bed.IssuerCAPEM)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("certificate does not chain to the CA: %v", err)
+	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != tn.id() {
+		t.Fatalf("certificate URIs = %v, want [%s]", cert.URIs, tn.id())
+	}
+	// The decision is recorded as an Event on the request.
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := bed.Kube.CoreV1().Events(tn.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + cr.Name})
+		return err == nil && len(evs.Items) > 0, nil
+	}); err != nil {
+		t.Fatalf("no Event recorded on the request: %v", err)
+	}
+}
+
+// TestDenyCrafted: crafted requests created as a ServiceAccount (so the
+// webhook's username is real) are denied naming the failed check.
+func TestDenyCrafted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	startApprover(t, "approver-deny", "--leader-election=false")
+	tn := newTenant(t, "deny")
+	other := "spiffe://cluster.local/ns/" + tn.ns + "/sa/someone-else"
+	otherTD := "spiffe://evil.example/ns/" + tn.ns + "/sa/" + tn.sa
+	cases := []struct {
+		name string
+		opts requestOpts
+		want string // part of the Denied message
+	}{
+		{"other ServiceAccount", requestOpts{uris: []string{other}, annotation: &other}, other},
+		{"other trust domain", requestOpts{uris: []string{otherTD}, annotation: &otherTD}, "evil.example"},
+		{"extra DNS SAN", requestOpts{dnsNames: []string{"db.example.com"}}, "DNS"},
+		{"two URIs", requestOpts{uris: []string{"", ""}}, "URI"},
+		{"isCA", requestOpts{isCA: true}, "isCA"},
+		{"wrong duration", requestOpts{duration: 24 * time.Hour}, "duration"},
+		{"other issuer", requestOpts{issuer: "not-spiffe"}, "issuer"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.opts.uris != nil && tc.opts.uris[0] == "" {
+				tc.opts.uris = []string{tn.id(), tn.id() + "x"}
+			}
+			cr := tn.create(t, ctx, tn.request(t, tc.opts))
+			c := decision(ctx, t, tn.ns, cr.Name)
+			if c.Type != cmapi.CertificateRequestConditionDenied || c.Reason != spiffe.ConditionReason {
+				t.Fatalf("condition = %s/%s %q, want Denied/%s", c.Type, c.Reason, c.Message, spiffe.ConditionReason)
+			}
+			if !strings.Contains(c.Message, tc.want) {
+				t.Fatalf("denial %q does not mention %q", c.Message, tc.want)
+			}
+		})
+	}
+}
+
+// TestForeignRequestsUntouched: a request without the identity annotation,
+// and one without the driver label, are never decided by the approver.
+func TestForeignRequestsUntouched(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	startApprover(t, "approver-foreign", "--leader-election=false")
+	tn := newTenant(t, "foreign")
+	empty := ""
+	noAnnotation := tn.create(t, ctx, tn.request(t, requestOpts{annotation: &empty}))
+	noLabel := tn.create(t, ctx, tn.request(t, requestOpts{noLabel: true}))
+	// A valid request created after them is decided; the approver has then
+	// seen the other two and must have left them alone.
+	later := tn.create(t, ctx, tn.request(t, requestOpts{}))
+	if c := decision(ctx, t, tn.ns, later.Name); c.Type != cmapi.CertificateRequestConditionApproved {
+		t.Fatalf("valid request: %s %q", c.Type, c.Message)
+	}
+	time.Sleep(time.Second) // a margin for a wrongly queued decision to land
+	for _, cr := range []*cmapi.CertificateRequest{noAnnotation, noLabel} {
+		got, err := bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Get(ctx, cr.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := decided(got); c != nil {
+			t.Fatalf("%s was decided (%s: %q); it is not the approver's", cr.Name, c.Type, c.Message)
+		}
+	}
+}
+
+// TestLeaderFailover: two approvers, the leader is killed; requests created
+// before and during the failover are all decided by the survivor.
+func TestLeaderFailover(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	tn := newTenant(t, "failover")
+	a := startApprover(t, "approver-a", "--leader-election-id=failover")
+	first := tn.create(t, ctx, tn.request(t, requestOpts{}))
+	decision(ctx, t, tn.ns, first.Name) // a leads now
+	b := startApprover(t, "approver-b", "--leader-election-id=failover")
+	_ = b
+	a.Stop(syscall.SIGKILL, 5*time.Second) // a crash: the lease is not released
+	var names []string
+	for range 10 {
+		names = append(names, tn.create(t, ctx, tn.request(t, requestOpts{})).Name)
+	}
+	for _, n := range names {
+		if c := decision(ctx, t, tn.ns, n); c.Type != cmapi.CertificateRequestConditionApproved {
+			t.Fatalf("%s: %s %q", n, c.Type, c.Message)
+		}
+	}
+}
+
+// TestAPIServerRestart: the approver keeps working after kube-apiserver goes
+// away and comes back under it.
+func TestAPIServerRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	p := startApprover(t, "approver-restart", "--leader-election-id=restart")
+	tn := newTenant(t, "restart")
+	before := tn.create(t, ctx, tn.request(t, requestOpts{}))
+	decision(ctx, t, tn.ns, before.Name)
+	if err := bed.RestartAPIServer(ctx, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if exited, err := p.Exited(); exited {
+		t.Fatalf("approver exited while the API server was down: %v", err)
+	}
+	// The tenant's token is still valid: same signing key.
+	after := tn.create(t, ctx, tn.request(t, requestOpts{}))
+	if c := decision(ctx, t, tn.ns, after.Name); c.Type != cmapi.CertificateRequestConditionApproved {
+		t.Fatalf("after restart: %s %q", c.Type, c.Message)
+	}
+}
