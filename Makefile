@@ -15,7 +15,7 @@ UPSTREAM := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/cert-man
 INTEGRATION_PKGS := ./internal/testbed/... $(if $(wildcard test),./test/...)
 OURS := $(BIN)/svid-csi-approver $(BIN)/svid-csi-driver
 
-.PHONY: all test test-unit test-integration verify bin deps up clean
+.PHONY: all test test-unit test-integration verify bin deps up clean bench
 all: bin
 
 ## test: everything CI runs (checks, unit tests, integration tests on the test bed)
@@ -62,3 +62,7 @@ up: deps bin
 
 clean:
 	rm -rf $(BIN)
+
+## bench: the benchmarks on the test bed (each prints a table row per case)
+bench: deps bin
+	$(GO) test -count=1 -tags integration -run XXX -bench . -benchtime=1x -timeout 60m -p 1 $(INTEGRATION_PKGS)
