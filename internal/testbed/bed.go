@@ -62,6 +62,9 @@ type Bed struct {
 	apiServer    *Process
 }
 
+// AdminUser is the username of the bed's Admin client.
+const AdminUser = "testbed-admin"
+
 // ClusterIssuerName is the CA ClusterIssuer every bed creates.
 const ClusterIssuerName = "testbed-ca"
 
@@ -202,7 +205,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	adminCert, adminKey, err := ca.writeKeyPair(pki, "admin", "testbed-admin", []string{"system:masters"}, false)
+	adminCert, adminKey, err := ca.writeKeyPair(pki, "admin", AdminUser, []string{"system:masters"}, false)
 	if err != nil {
 		return err
 	}
@@ -245,6 +248,10 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 		return err
 	}
 
+	auditPolicy, auditLog, err := b.auditFiles()
+	if err != nil {
+		return err
+	}
 	b.apiServerURL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
 	b.apiServer, err = b.StartProcess("kube-apiserver", b.Binary("kube-apiserver"),
 		"--etcd-servers="+clientURL,
@@ -261,6 +268,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=true",
 		"--profiling=false",
+		"--audit-policy-file="+auditPolicy, "--audit-log-path="+auditLog,
 		"--v=1")
 	if err != nil {
 		return err

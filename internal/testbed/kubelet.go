@@ -57,6 +57,9 @@ func (b *Bed) NewKubelet(ctx context.Context, nodeName, rootDir, driverName, end
 	return &Kubelet{bed: b, NodeName: nodeName, RootDir: rootDir, Driver: driverName, Node: csi.NewNodeClient(conn), conn: conn}, nil
 }
 
+// Conn is the connection to the driver's socket, for Identity calls.
+func (k *Kubelet) Conn() *grpc.ClientConn { return k.conn }
+
 // Close drops the connection to the driver.
 func (k *Kubelet) Close() error { return k.conn.Close() }
 

@@ -1,0 +1,95 @@
+package csi
+
+import (
+	"context"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"k8s.io/klog/v2"
+)
+
+const (
+	stripped = "***stripped***"
+	redacted = "***redacted***"
+)
+
+// logInterceptor logs each call's method, duration and code (V(3), V(2) when
+// it fails), the sanitised request at V(5), and turns any error that is not a
+// gRPC status into Internal: the kubelet must never see Unknown.
+func logInterceptor(base klog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		logger := base.WithValues(keyMethod, info.FullMethod)
+		if l := logger.V(5); l.Enabled() {
+			l.Info("CSI request", keyRequest, Sanitize(req))
+		}
+		start := time.Now()
+		resp, err := handler(klog.NewContext(ctx, logger), req)
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				err = status.Error(codes.Internal, err.Error())
+			}
+		}
+		code := status.Code(err)
+		if err != nil {
+			logger.V(2).Info("CSI call failed", keyDuration, time.Since(start), keyCode, code, keyError, status.Convert(err).Message())
+		} else {
+			logger.V(3).Info("CSI call", keyDuration, time.Since(start), keyCode, code)
+		}
+		return resp, err
+	}
+}
+
+// Sanitize returns a printable copy of a CSI message with every field marked
+// csi_secret stripped and the kubelet's service account tokens redacted
+// wherever they appear as a map entry (volume_context). The request itself is
+// not modified.
+func Sanitize(req any) string {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return "<not a protobuf message>"
+	}
+	c := proto.Clone(m)
+	sanitize(c.ProtoReflect())
+	return protojson.MarshalOptions{}.Format(c)
+}
+
+func sanitize(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		secret, _ := proto.GetExtension(fd.Options(), csi.E_CsiSecret).(bool)
+		switch {
+		case fd.IsMap():
+			mp := m.Mutable(fd).Map()
+			strs := fd.MapValue().Kind() == protoreflect.StringKind
+			msgs := fd.MapValue().Message() != nil
+			mp.Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				switch {
+				case strs && secret:
+					mp.Set(k, protoreflect.ValueOfString(stripped))
+				case strs && k.String() == KeyTokens:
+					mp.Set(k, protoreflect.ValueOfString(redacted))
+				case msgs:
+					sanitize(mv.Message())
+				}
+				return true
+			})
+		case secret && fd.Kind() == protoreflect.StringKind && !fd.IsList():
+			m.Set(fd, protoreflect.ValueOfString(stripped))
+		case secret:
+			m.Clear(fd)
+		case fd.IsList() && fd.Message() != nil:
+			l := v.List()
+			for i := range l.Len() {
+				sanitize(l.Get(i).Message())
+			}
+		case fd.Message() != nil:
+			sanitize(m.Mutable(fd).Message())
+		}
+		return true
+	})
+}

@@ -1,0 +1,267 @@
+package issuance
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/fake"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+)
+
+var testIssuer = cmmeta.IssuerReference{Name: "spiffe-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+
+type fixture struct {
+	cs      *fake.Clientset
+	client  *Client
+	creates atomic.Int32
+	ctx     context.Context
+}
+
+// newFixture runs a Client over a fake clientset whose creates honour
+// generateName, with the waiter's informer synced.
+func newFixture(t *testing.T, issuers IssuerSource) *fixture {
+	t.Helper()
+	f := &fixture{cs: fake.NewSimpleClientset()}
+	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
+		if cr.Name == "" {
+			cr.Name = fmt.Sprintf("%s%05d", cr.GenerateName, f.creates.Add(1))
+		}
+		return false, nil, nil
+	})
+	w, err := NewWaiter(f.cs, spiffe.DefaultDriverName, "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for !w.HasSynced() {
+		time.Sleep(time.Millisecond)
+	}
+	f.ctx = ctx
+	f.client, err = New(Options{
+		DriverName: spiffe.DefaultDriverName, NodeName: "node-1",
+		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
+		Duration:    time.Hour, Issuers: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+var testRequest = Request{VolumeID: "vol-1", Namespace: "team-a", PodName: "app-0", PodUID: "uid-1", ServiceAccount: "app", Token: "tok"}
+
+// created waits for the single request the client creates.
+func (f *fixture) created(t *testing.T) *cmapi.CertificateRequest {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		list, err := f.cs.CertmanagerV1().CertificateRequests("team-a").List(f.ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) == 1 {
+			return &list.Items[0]
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("no CertificateRequest created")
+	return nil
+}
+
+func (f *fixture) count(t *testing.T) int {
+	list, err := f.cs.CertmanagerV1().CertificateRequests("team-a").List(f.ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(list.Items)
+}
+
+// sign issues the request's CSR, as an issuer would, and sets Ready.
+func (f *fixture) sign(t *testing.T, cr *cmapi.CertificateRequest) {
+	t.Helper()
+	csr := parseCSR(t, cr.Spec.Request)
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), URIs: csr.URIs}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, csr.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr = cr.DeepCopy()
+	cr.Status.Certificate = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	f.setCondition(t, cr, cmapi.CertificateRequestConditionReady, cmmeta.ConditionTrue, cmapi.CertificateRequestReasonIssued, "issued")
+}
+
+func (f *fixture) setCondition(t *testing.T, cr *cmapi.CertificateRequest, typ cmapi.CertificateRequestConditionType, st cmmeta.ConditionStatus, reason, msg string) {
+	t.Helper()
+	cr = cr.DeepCopy()
+	cr.Status.Conditions = append(cr.Status.Conditions, cmapi.CertificateRequestCondition{Type: typ, Status: st, Reason: reason, Message: msg})
+	if _, err := f.cs.CertmanagerV1().CertificateRequests(cr.Namespace).UpdateStatus(f.ctx, cr, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type issueResult struct {
+	res *Result
+	err error
+}
+
+func (f *fixture) issueAsync(ctx context.Context, req Request) chan issueResult {
+	ch := make(chan issueResult, 1)
+	go func() {
+		res, err := f.client.Issue(ctx, req)
+		ch <- issueResult{res, err}
+	}()
+	return ch
+}
+
+func TestIssueWaitsForTheInformerEvent(t *testing.T) {
+	f := newFixture(t, StaticIssuer(testIssuer))
+	ch := f.issueAsync(f.ctx, testRequest)
+	cr := f.created(t)
+	if cr.Labels[spiffe.NodeLabel] != "node-1" || cr.Annotations[spiffe.IdentityAnnotation] != "spiffe://cluster.local/ns/team-a/sa/app" || cr.Spec.IssuerRef != testIssuer {
+		t.Fatalf("request %+v", cr.ObjectMeta)
+	}
+	csr := parseCSR(t, cr.Spec.Request)
+	select {
+	case r := <-ch:
+		t.Fatalf("Issue returned before the request was issued: %+v", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// Approved alone is not the end: still pending.
+	f.setCondition(t, cr, cmapi.CertificateRequestConditionApproved, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io", "ok")
+	cr, _ = f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, cr.Name, metav1.GetOptions{})
+	f.sign(t, cr)
+	var r issueResult
+	select {
+	case r = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Issue not woken by the informer")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	kb, _ := pem.Decode(r.res.KeyPEM)
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(csr.PublicKey) {
+		t.Error("returned key is not the CSR's")
+	}
+	if r.res.Request != "team-a/"+cr.Name || r.res.NotAfter.IsZero() {
+		t.Errorf("result %+v", r.res)
+	}
+	// The request is deleted once the caller is done with it.
+	f.client.Release(f.ctx, "vol-1")
+	if n := f.count(t); n != 0 {
+		t.Errorf("%d requests left after Release", n)
+	}
+}
+
+func TestIssueDeniedOrFailedCarriesTheMessageVerbatim(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		typ     cmapi.CertificateRequestConditionType
+		st      cmmeta.ConditionStatus
+		reason  string
+		msg     string
+		wantMsg string
+	}{
+		{"denied", cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io",
+			`spec.duration: exp="1h0m0s" got="2h0m0s"`, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`},
+		{"invalid", cmapi.CertificateRequestConditionInvalidRequest, cmmeta.ConditionTrue, "BadConfig",
+			"issuer does not sign URIs", "request failed: issuer does not sign URIs"},
+		{"ready false failed", cmapi.CertificateRequestConditionReady, cmmeta.ConditionFalse, cmapi.CertificateRequestReasonFailed,
+			"Failed to sign certificate: CA expired", "request failed: Failed to sign certificate: CA expired"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, StaticIssuer(testIssuer))
+			ch := f.issueAsync(f.ctx, testRequest)
+			f.setCondition(t, f.created(t), tc.typ, tc.st, tc.reason, tc.msg)
+			r := <-ch
+			var ie *Error
+			if !errors.As(r.err, &ie) || ie.Code != codes.FailedPrecondition || ie.Message != tc.wantMsg {
+				t.Fatalf("got %v, want FailedPrecondition %q", r.err, tc.wantMsg)
+			}
+			if n := f.count(t); n != 0 {
+				t.Errorf("failed request not deleted (%d left)", n)
+			}
+		})
+	}
+}
+
+func TestPendingRequestIsResumedNotRecreated(t *testing.T) {
+	f := newFixture(t, StaticIssuer(testIssuer))
+	ctx, cancel := context.WithTimeout(f.ctx, 100*time.Millisecond)
+	defer cancel()
+	_, err := f.client.Issue(ctx, testRequest)
+	var ie *Error
+	if !errors.As(err, &ie) || ie.Code != codes.DeadlineExceeded {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	cr := f.created(t)
+	csr := parseCSR(t, cr.Spec.Request)
+
+	ch := f.issueAsync(f.ctx, testRequest)
+	time.Sleep(50 * time.Millisecond)
+	if n := f.count(t); n != 1 || f.creates.Load() != 1 {
+		t.Fatalf("a second request was created (%d exist, %d creates)", n, f.creates.Load())
+	}
+	f.sign(t, cr)
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	kb, _ := pem.Decode(r.res.KeyPEM)
+	key, _ := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if !key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(csr.PublicKey) {
+		t.Error("resumed request returned another key")
+	}
+}
+
+func TestNoIssuer(t *testing.T) {
+	f := newFixture(t, StaticIssuer{})
+	_, err := f.client.Issue(f.ctx, testRequest)
+	var ie *Error
+	if !errors.As(err, &ie) || ie.Code != codes.FailedPrecondition || ie.Message != NoIssuerMessage {
+		t.Fatalf("got %v", err)
+	}
+	if f.count(t) != 0 {
+		t.Error("a request was created without an issuer")
+	}
+}
+
+func TestStripTransform(t *testing.T) {
+	cr := &cmapi.CertificateRequest{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "x"}}},
+		Spec: cmapi.CertificateRequestSpec{Request: []byte("csr")}, Status: cmapi.CertificateRequestStatus{Certificate: []byte("cert")}}
+	obj, _ := strip(cr)
+	got := obj.(*cmapi.CertificateRequest)
+	if got.ManagedFields != nil || got.Spec.Request != nil || string(got.Status.Certificate) != "cert" {
+		t.Errorf("strip = %+v", got)
+	}
+}

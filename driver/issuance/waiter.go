@@ -1,0 +1,157 @@
+package issuance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+)
+
+// errDeleted is returned by Wait when the request disappeared first.
+var errDeleted = errors.New("the CertificateRequest was deleted before it was issued")
+
+// Waiter watches this node's CertificateRequests, and only those (a label
+// selector on driver and node), with one informer, and wakes whoever waits
+// for a request when an event about it arrives. There is no polling.
+type Waiter struct {
+	informer cache.SharedIndexInformer
+
+	mu      sync.Mutex
+	waiters map[string]*waiter // by namespace/name
+}
+
+type waiter struct {
+	wake    chan struct{} // capacity 1: a pending wake-up is never lost
+	deleted bool
+}
+
+// NewWaiter builds the informer with the driver's own client.
+func NewWaiter(client cmclient.Interface, driverName, nodeName string) (*Waiter, error) {
+	selector := labels.Set{
+		spiffe.DriverLabel: driverName,
+		spiffe.NodeLabel:   spiffe.NodeLabelValue(nodeName),
+	}.AsSelector().String()
+	crs := client.CertmanagerV1().CertificateRequests(metav1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return crs.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return crs.Watch(ctx, o)
+		},
+	}
+	w := &Waiter{
+		informer: cache.NewSharedIndexInformerWithOptions(
+			// The client tells the reflector whether it can stream the initial list.
+			cache.ToListWatcherWithWatchListSemantics(lw, client), &cmapi.CertificateRequest{}, cache.SharedIndexInformerOptions{}),
+		waiters: map[string]*waiter{},
+	}
+	if err := w.informer.SetTransform(strip); err != nil {
+		return nil, fmt.Errorf("set CertificateRequest transform: %w", err)
+	}
+	_, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.notify(obj, false) },
+		UpdateFunc: func(_, obj any) { w.notify(obj, false) },
+		DeleteFunc: func(obj any) { w.notify(obj, true) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch CertificateRequests: %w", err)
+	}
+	return w, nil
+}
+
+// strip drops what the driver never reads from cached requests: managed
+// fields and the CSR itself. It returns a shallow copy rather than writing
+// to an object the watch source may still share.
+func strip(obj any) (any, error) {
+	cr, ok := obj.(*cmapi.CertificateRequest)
+	if !ok || (cr.ManagedFields == nil && cr.Spec.Request == nil) {
+		return obj, nil
+	}
+	c := *cr
+	c.ManagedFields = nil
+	c.Spec.Request = nil
+	return &c, nil
+}
+
+// Run runs the informer until ctx is done.
+func (w *Waiter) Run(ctx context.Context) { w.informer.RunWithContext(ctx) }
+
+// HasSynced reports whether the informer has listed once.
+func (w *Waiter) HasSynced() bool { return w.informer.HasSynced() }
+
+func (w *Waiter) notify(obj any, deleted bool) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	key, err := cache.MetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wt, ok := w.waiters[key]
+	if !ok {
+		return
+	}
+	if deleted {
+		wt.deleted = true
+	}
+	select {
+	case wt.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wait blocks until the request namespace/name is issued, denied or failed,
+// it is deleted, or ctx is done.
+func (w *Waiter) Wait(ctx context.Context, namespace, name string) (*cmapi.CertificateRequest, error) {
+	key := namespace + "/" + name
+	wt := &waiter{wake: make(chan struct{}, 1)}
+	w.mu.Lock()
+	w.waiters[key] = wt
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.waiters, key)
+		w.mu.Unlock()
+	}()
+	for {
+		// Registered first, read second: an event between the two still wakes us.
+		obj, exists, err := w.informer.GetStore().GetByKey(key)
+		if err != nil {
+			return nil, fmt.Errorf("read CertificateRequest %s from the cache: %w", key, err)
+		}
+		if exists {
+			if cr, ok := obj.(*cmapi.CertificateRequest); ok {
+				if o, _ := outcomeOf(cr); o != pending {
+					return cr, nil
+				}
+			}
+		} else {
+			w.mu.Lock()
+			gone := wt.deleted
+			w.mu.Unlock()
+			if gone {
+				return nil, errDeleted
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wt.wake:
+		}
+	}
+}

@@ -1,0 +1,65 @@
+// Command svid-csi-driver is the node plugin: it gives each pod a SPIFFE
+// X.509 SVID issued through cert-manager, in a tmpfs volume, renewed
+// automatically.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/driver/app"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	cfg := app.Defaults()
+	cfg.Version = version
+	flag.StringVar(&cfg.DriverName, "driver-name", cfg.DriverName, "CSI driver name; must equal the CSIDriver object's name")
+	flag.StringVar(&cfg.NodeID, "node-id", "", "name of this node (required)")
+	flag.StringVar(&cfg.Endpoint, "endpoint", "", "CSI socket, unix:///path (default <kubelet-root-dir>/plugins/<driver-name>/csi.sock)")
+	flag.StringVar(&cfg.DataRoot, "data-root", cfg.DataRoot, "directory on a host tmpfs for volume state; must survive driver restarts (mountPropagation: Bidirectional)")
+	flag.StringVar(&cfg.KubeletRootDir, "kubelet-root-dir", cfg.KubeletRootDir, "kubelet root directory, for plugin registration")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain")
+	flag.DurationVar(&cfg.CertificateRequestDuration, "certificate-request-duration", cfg.CertificateRequestDuration, "requested certificate lifetime")
+	flag.StringVar(&cfg.IssuerName, "issuer-name", "", "cert-manager issuer name (or use --runtime-issuance-configmap)")
+	flag.StringVar(&cfg.IssuerKind, "issuer-kind", cfg.IssuerKind, "cert-manager issuer kind")
+	flag.StringVar(&cfg.IssuerGroup, "issuer-group", cfg.IssuerGroup, "cert-manager issuer group")
+	flag.StringVar(&cfg.RuntimeIssuanceConfigMap, "runtime-issuance-configmap", "", "<namespace>/<name> of a ConfigMap naming the issuer at run time")
+	flag.StringVar(&cfg.SourceCABundle, "source-ca-bundle", "", "PEM CA bundle file written into every volume as --file-name-ca")
+	flag.StringVar(&cfg.FileNameCertificate, "file-name-certificate", cfg.FileNameCertificate, "certificate chain file name in the volume")
+	flag.StringVar(&cfg.FileNameKey, "file-name-key", cfg.FileNameKey, "private key file name in the volume")
+	flag.StringVar(&cfg.FileNameCA, "file-name-ca", cfg.FileNameCA, "CA bundle file name in the volume")
+	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
+	flag.Float64Var(&cfg.KubeAPIQPS, "kube-api-qps", cfg.KubeAPIQPS, "client-side QPS limit towards the API server")
+	flag.IntVar(&cfg.KubeAPIBurst, "kube-api-burst", cfg.KubeAPIBurst, "client-side burst towards the API server")
+	flag.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "address of /metrics (empty: off)")
+	flag.StringVar(&cfg.HealthAddress, "health-address", cfg.HealthAddress, "address of /healthz, which probes the CSI socket (empty: off)")
+	flag.IntVar(&cfg.MaxConcurrentIssuances, "max-concurrent-issuances", cfg.MaxConcurrentIssuances, "issuances in flight at once on this node")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	klog.InitFlags(nil)
+	flag.Parse()
+
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "svid-csi-driver:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, cfg); err != nil {
+		klog.ErrorS(err, "Driver failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}

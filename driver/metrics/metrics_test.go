@@ -1,0 +1,35 @@
+package metrics
+
+import (
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMetrics(t *testing.T) {
+	m := New(func() time.Time { return time.Now().Add(time.Hour) })
+	m.Issued("publish", 200*time.Millisecond)
+	m.Failed("renew", "denied", time.Second)
+	m.Renewed(true)
+	m.SetVolumes(3)
+	var nilMetrics *Metrics
+	nilMetrics.Issued("publish", time.Second) // a nil *Metrics records nothing
+
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{
+		`svid_csi_driver_issuance_duration_seconds_count{trigger="publish"} 1`,
+		`svid_csi_driver_issuances_total{trigger="publish"} 1`,
+		`svid_csi_driver_issuance_failures_total{reason="denied",trigger="renew"} 1`,
+		`svid_csi_driver_renewals_total{result="success"} 1`,
+		`svid_csi_driver_managed_volumes 3`,
+		`svid_csi_driver_earliest_expiry_seconds 3599`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}

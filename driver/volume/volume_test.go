@@ -1,0 +1,198 @@
+package volume
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// pair returns a "certificate" and "key" that belong together: the key's
+// public half, hashed, is written into the certificate file.
+func pair(t *testing.T) (cert, key []byte) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	sum := sha256.Sum256(pub)
+	return sum[:], der
+}
+
+func matches(cert, key []byte) bool {
+	k, err := x509.ParsePKCS8PrivateKey(key)
+	if err != nil {
+		return false
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(&k.(*ecdsa.PrivateKey).PublicKey)
+	sum := sha256.Sum256(pub)
+	return bytes.Equal(sum[:], cert)
+}
+
+func TestWriteFilesLayout(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := pair(t)
+	if err := WriteFiles(dir, map[string][]byte{"tls.crt": cert, "tls.key": key, "ca.crt": []byte("ca")}, 4321); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := os.Readlink(filepath.Join(dir, "..data"))
+	for _, name := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		if l, _ := os.Readlink(filepath.Join(dir, name)); l != filepath.Join("..data", name) {
+			t.Errorf("%s -> %q", name, l)
+		}
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.Mode().Perm() != FileMode {
+			t.Errorf("%s: %v %v", name, fi, err)
+		}
+	}
+	// A second generation without ca.crt: the old generation and the stale link go.
+	cert2, key2 := pair(t)
+	if err := WriteFiles(dir, map[string][]byte{"tls.crt": cert2, "tls.key": key2}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "ca.crt")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale ca.crt link left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, first)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("old generation %s left: %v", first, err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(entries) != 4 {
+		t.Errorf("entries = %v, want ..data, one generation, tls.crt, tls.key", names)
+	}
+	got, err := ReadFiles(dir, "tls.crt", "tls.key")
+	if err != nil || !bytes.Equal(got["tls.crt"], cert2) || !bytes.Equal(got["tls.key"], key2) {
+		t.Fatalf("ReadFiles = %v", err)
+	}
+	if err := WriteFiles(dir, map[string][]byte{"../x": nil}, -1); err == nil {
+		t.Error("a path escaping the directory was accepted")
+	}
+}
+
+// TestRotationIsAtomic rotates pairs while readers hammer the volume; a
+// reader resolving ..data once never sees a key that does not match its
+// certificate.
+func TestRotationIsAtomic(t *testing.T) {
+	dir := t.TempDir()
+	write := func() {
+		cert, key := pair(t)
+		if err := WriteFiles(dir, map[string][]byte{"tls.crt": cert, "tls.key": key}, -1); err != nil {
+			t.Error(err)
+		}
+	}
+	write()
+	var stop atomic.Bool
+	var reads, mismatches atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for !stop.Load() {
+				files, err := ReadFiles(dir, "tls.crt", "tls.key")
+				if err != nil {
+					// The generation was replaced between resolving and reading: retry.
+					if errors.Is(err, fs.ErrNotExist) {
+						continue
+					}
+					t.Error(err)
+					return
+				}
+				reads.Add(1)
+				if !matches(files["tls.crt"], files["tls.key"]) {
+					mismatches.Add(1)
+				}
+			}
+		})
+	}
+	deadline := time.Now().Add(time.Second)
+	rotations := 0
+	for time.Now().Before(deadline) {
+		write()
+		rotations++
+	}
+	stop.Store(true)
+	wg.Wait()
+	if mismatches.Load() != 0 {
+		t.Fatalf("%d of %d reads saw a key that does not match the certificate", mismatches.Load(), reads.Load())
+	}
+	if reads.Load() == 0 || rotations < 10 {
+		t.Fatalf("too little concurrency: %d reads, %d rotations", reads.Load(), rotations)
+	}
+	t.Logf("%d reads over %d rotations, all consistent", reads.Load(), rotations)
+}
+
+func TestStoreRoundTripAndRecovery(t *testing.T) {
+	root := t.TempDir()
+	s, err := NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	na := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	metas := []Meta{
+		{VolumeID: "csi-abc", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/spiffe/mount", PodNamespace: "ns", PodName: "p", PodUID: "u", ServiceAccount: "sa", FSGroup: 1000, NotAfter: na},
+		{VolumeID: "weird/id with spaces", TargetPath: "/t", FSGroup: -1},
+	}
+	for _, m := range metas {
+		if err := s.Save(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Leftovers of a crash: a temporary file and a corrupt state file.
+	_ = os.WriteFile(filepath.Join(root, "volumes", ".tmp-123"), []byte("{"), 0o600)
+	_ = os.WriteFile(filepath.Join(root, "volumes", "0123.json"), []byte("{"), 0o600)
+
+	// A new process finds everything again.
+	s2, err := NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s2.List()
+	if err == nil || !strings.Contains(err.Error(), "0123.json") {
+		t.Errorf("corrupt state not reported: %v", err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("List = %+v", got)
+	}
+	byID := map[string]Meta{}
+	for _, m := range got {
+		byID[m.VolumeID] = m
+	}
+	if m := byID["csi-abc"]; m.TargetPath != metas[0].TargetPath || !m.NotAfter.Equal(na) || m.FSGroup != 1000 || m.PodUID != "u" {
+		t.Errorf("recovered %+v", m)
+	}
+	entries, _ := os.ReadDir(filepath.Join(root, "volumes"))
+	if len(entries) != 2 {
+		t.Errorf("leftovers not cleaned: %d entries", len(entries))
+	}
+	for _, e := range entries {
+		data, _ := os.ReadFile(filepath.Join(root, "volumes", e.Name()))
+		if strings.Contains(strings.ToLower(string(data)), "token") || strings.Contains(string(data), "PRIVATE KEY") {
+			t.Errorf("state holds secrets: %s", data)
+		}
+	}
+	if err := s2.Delete("csi-abc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Delete("csi-abc"); err != nil {
+		t.Fatal("Delete is not idempotent:", err)
+	}
+	if got, _ := s2.List(); len(got) != 1 {
+		t.Errorf("after Delete: %+v", got)
+	}
+}

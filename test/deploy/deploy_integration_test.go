@@ -1,0 +1,653 @@
+//go:build integration
+
+package deploy_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/internal/testbed"
+)
+
+var bed *testbed.Bed
+
+func TestMain(m *testing.M) {
+	os.Exit(testbed.Main(m, &bed))
+}
+
+const fieldManager = "svid-csi-deploy-test"
+
+// applier server-side applies rendered objects, as `kubectl apply
+// --server-side` does.
+type applier struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newApplier(t testing.TB) *applier {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(bed.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(bed.Kube.Discovery()))}
+}
+
+func (a *applier) apply(ctx context.Context, obj *unstructured.Unstructured, dryRun bool) error {
+	gvk := obj.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return fmt.Errorf("%s %s: no API for it: %w", gvk.Kind, obj.GetName(), err)
+	}
+	opts := metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	var r dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == "namespace" {
+		r = a.dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+	} else if obj.GetNamespace() != "" {
+		return fmt.Errorf("%s %s is cluster-scoped but has namespace %q", gvk.Kind, obj.GetName(), obj.GetNamespace())
+	}
+	if _, err := r.Apply(ctx, obj.GetName(), obj, opts); err != nil {
+		return fmt.Errorf("%s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+	}
+	return nil
+}
+
+// Every overlay passes the API server's validation, admission and cert-manager's
+// webhook, object by object, without changing anything.
+func TestServerSideDryRun(t *testing.T) {
+	a := newApplier(t)
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for _, obj := range render(t, tg.dir).objects {
+				if err := a.apply(ctx, obj, true); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+}
+
+// helpFlags returns the flag names a built binary prints for -h (stdlib flag's
+// usage: "  -name type").
+func helpFlags(t testing.TB, path string) map[string]bool {
+	t.Helper()
+	out, _ := exec.Command(path, "-h").CombinedOutput() // -h exits non-zero on some flag setups
+	names := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  -([A-Za-z0-9][A-Za-z0-9_.-]*)`).FindAllStringSubmatch(string(out), -1) {
+		names[m[1]] = true
+	}
+	if len(names) == 0 {
+		t.Fatalf("%s -h printed no flags:\n%s", path, out)
+	}
+	return names
+}
+
+// binary returns a built binary of ours: bin/<name> (make bin), else builds it.
+func binary(t testing.TB, name, pkg string) string {
+	t.Helper()
+	if p := bed.Binary(name); fileExists(p) {
+		return p
+	}
+	p := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", p, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return p
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// expandArgs resolves $(VAR) in a container's args as the kubelet does, from
+// its env (literal values, the rendered ConfigMaps, and the downward API
+// fields the manifests use).
+func expandArgs(t testing.TB, objs []*unstructured.Unstructured, c corev1.Container) []string {
+	t.Helper()
+	env := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			env[e.Name] = e.Value
+		case e.ValueFrom.ConfigMapKeyRef != nil:
+			cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", e.ValueFrom.ConfigMapKeyRef.Name))
+			env[e.Name] = cm.Data[e.ValueFrom.ConfigMapKeyRef.Key]
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
+			env[e.Name] = namespace
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
+			env[e.Name] = "node-1"
+		default:
+			t.Fatalf("%s: env %s: unsupported source %+v", c.Name, e.Name, e.ValueFrom)
+		}
+	}
+	args := make([]string, len(c.Args))
+	for i, a := range c.Args {
+		args[i] = envRef.ReplaceAllStringFunc(a, func(ref string) string { return env[ref[2:len(ref)-1]] })
+	}
+	return args
+}
+
+// The built binaries register every flag the rendered args use, and parse the
+// rendered args (with $(VAR) expanded) without complaint: -version exits 0
+// only after flag.Parse succeeded.
+func TestBinariesAcceptRenderedArgs(t *testing.T) {
+	bins := map[string]string{
+		"driver":   binary(t, "svid-csi-driver", "github.com/svid-csi/svid-csi/driver"),
+		"approver": binary(t, "svid-csi-approver", "github.com/svid-csi/svid-csi/approver"),
+	}
+	help := map[string]map[string]bool{"driver": helpFlags(t, bins["driver"]), "approver": helpFlags(t, bins["approver"])}
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			objs := render(t, tg.dir).objects
+			ds, dep := workloads(t, objs)
+			for name, c := range map[string]corev1.Container{"driver": ds.Spec.Template.Spec.Containers[0], "approver": dep.Spec.Template.Spec.Containers[0]} {
+				for _, a := range c.Args {
+					if f := argFlag(a); !help[name][f] {
+						t.Errorf("%s: %q: the built binary has no flag %q", name, a, f)
+					}
+				}
+				args := append(expandArgs(t, objs, c), "-version")
+				if out, err := exec.Command(bins[name], args...).CombinedOutput(); err != nil {
+					t.Errorf("%s %s: %v\n%s", bins[name], strings.Join(args, " "), err, out)
+				}
+				// Past flag validation (exit 2) to the first API client
+				// (exit 1): a kubeconfig that does not exist.
+				args = append(expandArgs(t, objs, c), "--kubeconfig=/nonexistent/kubeconfig")
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				out, err := exec.CommandContext(ctx, bins[name], args...).CombinedOutput()
+				cancel()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "/nonexistent/kubeconfig") {
+					t.Errorf("%s %s: %v, want exit status 1 about the kubeconfig (flags valid)\n%s", bins[name], strings.Join(args, " "), err, out)
+				}
+			}
+		})
+	}
+}
+
+// access is one SubjectAccessReview question.
+type access struct {
+	verb, group, resource, subresource, namespace, name string
+	fieldSelector                                       string
+}
+
+func (a access) String() string {
+	s := a.verb + " " + a.resource
+	if a.subresource != "" {
+		s += "/" + a.subresource
+	}
+	if a.group != "" {
+		s += "." + a.group
+	}
+	if a.name != "" {
+		s += " " + a.name
+	}
+	if a.namespace != "" {
+		s += " in " + a.namespace
+	}
+	return s
+}
+
+func allowed(ctx context.Context, t testing.TB, user string, a access) bool {
+	t.Helper()
+	ra := &authorizationv1.ResourceAttributes{
+		Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource,
+		Namespace: a.namespace, Name: a.name,
+	}
+	if a.fieldSelector != "" {
+		ra.FieldSelector = &authorizationv1.FieldSelectorAttributes{RawSelector: a.fieldSelector}
+	}
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+		ResourceAttributes: ra,
+	}}
+	got, err := bed.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("SubjectAccessReview %s for %s: %v", a, user, err)
+	}
+	return got.Status.Allowed
+}
+
+// applyExample installs overlays/example for real, once per package.
+var exampleApplied bool
+
+func applyExample(t testing.TB) []*unstructured.Unstructured {
+	t.Helper()
+	objs := render(t, "../../overlays/example").objects
+	if exampleApplied {
+		return objs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a := newApplier(t)
+	for _, obj := range objs {
+		if err := a.apply(ctx, obj, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exampleApplied = true
+	return objs
+}
+
+// The RBAC of the example overlay (the base plus both components) grants the
+// binaries what they do and nothing of what they must not.
+func TestRBAC(t *testing.T) {
+	applyExample(t)
+	ctx := context.Background()
+	approver := spiffe.ServiceAccountUsername(namespace, approverName)
+	driver := spiffe.ServiceAccountUsername(namespace, driverName)
+	const cm = "cert-manager.io"
+	cases := []struct {
+		user string
+		a    access
+		want bool
+	}{
+		{approver, access{verb: "list", group: cm, resource: "certificaterequests"}, true},
+		{approver, access{verb: "watch", group: cm, resource: "certificaterequests"}, true},
+		{approver, access{verb: "update", group: cm, resource: "certificaterequests", subresource: "status", namespace: "app"}, true},
+		// cert-manager asks for the signer's wildcard name as well as its own.
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, true},
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "issuers.cert-manager.io/*"}, true},
+		{approver, access{verb: "create", resource: "events", namespace: "app"}, true},
+		{approver, access{verb: "create", group: "events.k8s.io", resource: "events", namespace: "app"}, true},
+		{approver, access{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: namespace}, true},
+		{approver, access{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "svid-csi-approver"}, true},
+		{approver, access{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "svid-csi-approver"}, true},
+		{approver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "svid-csi-issuer"}, true},
+		{approver, access{verb: "list", resource: "configmaps", namespace: namespace, fieldSelector: "metadata.name=svid-csi-issuer", name: "svid-csi-issuer"}, true},
+		{approver, access{verb: "watch", resource: "configmaps", namespace: namespace, fieldSelector: "metadata.name=svid-csi-issuer", name: "svid-csi-issuer"}, true},
+		// Never:
+		{approver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		{approver, access{verb: "update", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		{approver, access{verb: "get", resource: "secrets", namespace: namespace, name: "svid-csi-ca"}, false},
+		{approver, access{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "cert-manager-controller"}, false},
+		{approver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "other"}, false},
+		{approver, access{verb: "list", resource: "configmaps", namespace: namespace}, false},
+
+		{driver, access{verb: "list", group: cm, resource: "certificaterequests"}, true},
+		{driver, access{verb: "watch", group: cm, resource: "certificaterequests"}, true},
+		{driver, access{verb: "delete", group: cm, resource: "certificaterequests", namespace: "app"}, true},
+		{driver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "svid-csi-issuer"}, true},
+		{driver, access{verb: "watch", resource: "configmaps", namespace: namespace, fieldSelector: "metadata.name=svid-csi-issuer", name: "svid-csi-issuer"}, true},
+		{driver, access{verb: "create", resource: "events", namespace: "app"}, true},
+		// Never: it creates requests with each pod's token, and approves nothing.
+		{driver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		{driver, access{verb: "update", group: cm, resource: "certificaterequests", subresource: "status", namespace: "app"}, false},
+		{driver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, false},
+		{driver, access{verb: "get", resource: "secrets", namespace: namespace, name: "svid-csi-ca"}, false},
+		{driver, access{verb: "list", resource: "configmaps", namespace: namespace}, false},
+	}
+	for _, c := range cases {
+		if got := allowed(ctx, t, c.user, c.a); got != c.want {
+			t.Errorf("%s may %s: %v, want %v", c.user, c.a, got, c.want)
+		}
+	}
+}
+
+// The example overlay works end to end with the real binaries: its CA chain
+// becomes Ready; the approver runs with exactly the rendered args and only the
+// rendered RBAC, and approves a request of a ServiceAccount bound to the
+// svid-csi-workload ClusterRole; the driver, with its rendered args (host paths
+// moved under a temp dir), its RBAC and the rendered CSIDriver object, mounts
+// an SVID and the CA bundle into a pod's volume.
+func TestExampleEndToEnd(t *testing.T) {
+	objs := applyExample(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmc := bed.CertManager.CertmanagerV1()
+
+	// The bed's cert-manager runs only the issuer loops; a cluster's also runs
+	// the Certificate loops, which turn the example's CA Certificate into a
+	// CertificateRequest and its Secret. Run them beside it.
+	certs, err := bed.StartProcess("cert-manager-certificates", bed.Binary("cert-manager-controller"),
+		"--kubeconfig="+bed.AdminKubeconfig, "--cluster-resource-namespace="+namespace, "--v=2",
+		"--controllers=certificates-trigger,certificates-issuing,certificates-key-manager,"+
+			"certificates-request-manager,certificates-readiness,certificates-revision-manager")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer certs.Stop(15, 10*time.Second)
+
+	// The test bed runs no cert-manager approver (as recommended with
+	// svid-csi: docs/deploy.md): approve the example CA's request as an admin.
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cmc.CertificateRequests(namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for i := range list.Items {
+			cr := &list.Items[i]
+			if cr.Annotations[cmapi.CertificateNameKey] != "svid-csi-ca" {
+				continue
+			}
+			if decided(cr) != nil {
+				return true, nil
+			}
+			cr.Status.Conditions = append(cr.Status.Conditions, cmapi.CertificateRequestCondition{
+				Type: cmapi.CertificateRequestConditionApproved, Status: cmmeta.ConditionTrue,
+				Reason: "DeployTest", Message: "approved by the deploy test", LastTransitionTime: ptr(metav1.Now()),
+			})
+			_, err := cmc.CertificateRequests(namespace).UpdateStatus(ctx, cr, metav1.UpdateOptions{})
+			return err == nil, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("approve the example CA's CertificateRequest: %v\n%s", err, certs.Tail(8<<10))
+	}
+	waitReady(ctx, t, "svid-csi-ca")
+
+	// The approver, as its Deployment runs it.
+	_, dep := workloads(t, objs)
+	args := expandArgs(t, objs, dep.Spec.Template.Spec.Containers[0])
+	health, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(bed.Dir, "deploy-approver.kubeconfig")
+	if err := bed.WriteServiceAccountKubeconfig(ctx, kubeconfig, namespace, approverName); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range args {
+		switch argFlag(a) {
+		case "health-address":
+			args[i] = "--health-address=127.0.0.1:" + strconv.Itoa(health)
+		case "metrics-address":
+			args[i] = "--metrics-address=127.0.0.1:" + strconv.Itoa(metrics)
+		}
+	}
+	args = append(args, "--kubeconfig="+kubeconfig)
+	p, err := bed.StartProcess("deploy-approver", binary(t, "svid-csi-approver", "github.com/svid-csi/svid-csi/approver"), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(15, 10*time.Second)
+	readyz := "http://127.0.0.1:" + strconv.Itoa(health) + "/readyz"
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		resp, err := http.Get(readyz)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		t.Fatalf("approver never ready at %s: %v\n%s", readyz, err, p.Tail(8<<10))
+	}
+
+	// A workload namespace, its ServiceAccount bound to svid-csi-workload.
+	ns, err := bed.CreateNamespace(ctx, "deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sa = "app"
+	if err := bed.CreateServiceAccount(ctx, ns, sa); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "svid-csi-workload", Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "svid-csi-workload"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}},
+	}
+	if _, err := bed.Kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	as, err := bed.ClientsAs(ctx, ns, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", ns, sa)
+	cr := &cmapi.CertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "svid-", Namespace: ns,
+			Labels:      map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName},
+			Annotations: map[string]string{spiffe.IdentityAnnotation: id},
+		},
+		Spec: cmapi.CertificateRequestSpec{
+			Request:   csrPEM(t, id),
+			Duration:  &metav1.Duration{Duration: time.Hour},
+			Usages:    spiffe.Usages,
+			IssuerRef: cmmeta.IssuerReference{Name: "svid-csi-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"},
+		},
+	}
+	created, err := as.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, cr, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create a CertificateRequest as %s/%s (bound to svid-csi-workload): %v", ns, sa, err)
+	}
+	var last *cmapi.CertificateRequest
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		last, err = cmc.CertificateRequests(ns).Get(ctx, created.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		return len(last.Status.Certificate) > 0, nil
+	})
+	if err != nil {
+		t.Fatalf("request %s/%s never issued: %v; status %+v\napprover log:\n%s", ns, created.Name, err, last.Status, p.Tail(8<<10))
+	}
+	if c := decided(last); c == nil || c.Type != cmapi.CertificateRequestConditionApproved {
+		t.Fatalf("request %s/%s: issued without the approver's approval: %+v", ns, created.Name, last.Status.Conditions)
+	}
+	block, _ := pem.Decode(last.Status.Certificate)
+	if block == nil {
+		t.Fatal("issued certificate is not PEM")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
+		t.Errorf("issued URIs %v, want [%s]", leaf.URIs, id)
+	}
+	if leaf.Issuer.CommonName != "svid-csi-ca" {
+		t.Errorf("issued by %q, want the example CA svid-csi-ca", leaf.Issuer.CommonName)
+	}
+
+	t.Run("driver", func(t *testing.T) { runDriver(ctx, t, objs, ns, sa, id) })
+}
+
+// runDriver runs the driver as the DaemonSet does, with every absolute path in
+// its args moved under a temp dir (the DaemonSet mounts them at their host
+// paths), and publishes a pod's volume through the test bed's kubelet.
+func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured, ns, sa, id string) {
+	ds, _ := workloads(t, objs)
+	args := expandArgs(t, objs, ds.Spec.Template.Spec.Containers[0])
+	node, _ := flagValue(args, "node-id")
+	// Short: unix socket paths must stay under 108 bytes.
+	root, err := os.MkdirTemp("", "svd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	health, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range args {
+		name := argFlag(a)
+		_, v, _ := strings.Cut(a, "=")
+		switch {
+		case name == "health-address":
+			args[i] = "--health-address=127.0.0.1:" + strconv.Itoa(health)
+		case name == "metrics-address":
+			args[i] = "--metrics-address=127.0.0.1:" + strconv.Itoa(metrics)
+		case strings.HasPrefix(v, "/"):
+			args[i] = "--" + name + "=" + filepath.Join(root, v)
+		}
+	}
+	// The CA bundle as the ca-bundle component mounts it: ca.crt of the
+	// Secret svid-csi-ca.
+	caPath, ok := flagValue(args, "source-ca-bundle")
+	if !ok {
+		t.Fatal("the example overlay passes no --source-ca-bundle")
+	}
+	secret, err := bed.Kube.CoreV1().Secrets(namespace).Get(ctx, "svid-csi-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(caPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caPath, secret.Data["ca.crt"], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(bed.Dir, "deploy-driver.kubeconfig")
+	if err := bed.WriteServiceAccountKubeconfig(ctx, kubeconfig, namespace, driverName); err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--kubeconfig="+kubeconfig)
+	p, err := bed.StartProcess("deploy-driver", binary(t, "svid-csi-driver", "github.com/svid-csi/svid-csi/driver"), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(15, 10*time.Second)
+	healthz := "http://127.0.0.1:" + strconv.Itoa(health) + "/healthz"
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		resp, err := http.Get(healthz)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		t.Fatalf("driver never healthy at %s: %v\n%s", healthz, err, p.Tail(8<<10))
+	}
+
+	kubeletRoot, _ := flagValue(args, "kubelet-root-dir")
+	socket := filepath.Join(kubeletRoot, "plugins", spiffe.DefaultDriverName, "csi.sock")
+	if ep, ok := flagValue(args, "endpoint"); ok {
+		socket = strings.TrimPrefix(ep, "unix://")
+	}
+	kubelet, err := bed.NewKubelet(ctx, node, kubeletRoot, spiffe.DefaultDriverName, socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kubelet.Close()
+	vol, err := kubelet.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "app", ServiceAccount: sa, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kubelet.Publish(ctx, vol); err != nil {
+		t.Fatalf("NodePublishVolume: %v\ndriver log:\n%s", err, p.Tail(8<<10))
+	}
+	defer func() {
+		if err := kubelet.DeletePod(context.Background(), vol); err != nil {
+			t.Errorf("delete pod: %v", err)
+		}
+	}()
+	crt, err := os.ReadFile(filepath.Join(vol.TargetPath, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(crt)
+	if block == nil {
+		t.Fatal("tls.crt is not PEM")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
+		t.Errorf("tls.crt URIs %v, want [%s]", leaf.URIs, id)
+	}
+	if _, err := os.Stat(filepath.Join(vol.TargetPath, "tls.key")); err != nil {
+		t.Error(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(vol.TargetPath, "ca.crt"))
+	if err != nil || string(ca) != string(secret.Data["ca.crt"]) {
+		t.Errorf("ca.crt in the volume: %v; want the Secret svid-csi-ca's ca.crt", err)
+	}
+}
+
+func waitReady(ctx context.Context, t testing.TB, clusterIssuer string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		ci, err := bed.CertManager.CertmanagerV1().ClusterIssuers().Get(ctx, clusterIssuer, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range ci.Status.Conditions {
+			if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("ClusterIssuer %s never Ready: %v", clusterIssuer, err)
+	}
+}
+
+func decided(cr *cmapi.CertificateRequest) *cmapi.CertificateRequestCondition {
+	for i, c := range cr.Status.Conditions {
+		if (c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied) && c.Status == cmmeta.ConditionTrue {
+			return &cr.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// csrPEM is a CSR as the driver makes it: a fresh P-256 key, an empty subject,
+// one URI SAN.
+func csrPEM(t testing.TB, id string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
+func ptr[T any](v T) *T { return &v }

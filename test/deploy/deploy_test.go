@@ -1,0 +1,485 @@
+package deploy_test
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+)
+
+const (
+	namespace    = "cert-manager"
+	driverName   = "svid-csi-driver"
+	approverName = "svid-csi-approver"
+)
+
+func convert[T any](t testing.TB, u *unstructured.Unstructured) *T {
+	t.Helper()
+	out := new(T)
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
+		t.Fatalf("%s %s: %v", u.GetKind(), u.GetName(), err)
+	}
+	return out
+}
+
+// workloads returns the driver DaemonSet and the approver Deployment of a render.
+func workloads(t testing.TB, objs []*unstructured.Unstructured) (*appsv1.DaemonSet, *appsv1.Deployment) {
+	t.Helper()
+	return convert[appsv1.DaemonSet](t, findOne(t, objs, "DaemonSet", driverName)),
+		convert[appsv1.Deployment](t, findOne(t, objs, "Deployment", approverName))
+}
+
+// flagValue returns the value of --name=value in args and whether it is there.
+func flagValue(args []string, name string) (string, bool) {
+	for _, a := range args {
+		if argFlag(a) == name {
+			_, v, _ := strings.Cut(a, "=")
+			return v, true
+		}
+	}
+	return "", false
+}
+
+func TestEveryTarget(t *testing.T) {
+	driverFlags := registeredFlags(t, "driver")
+	approverFlags := registeredFlags(t, "approver")
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			objs := render(t, tg.dir).objects
+			t.Run("CSIDriver", func(t *testing.T) { checkCSIDriver(t, objs) })
+			t.Run("namespaces", func(t *testing.T) { checkNamespaces(t, objs) })
+			ds, dep := workloads(t, objs)
+			t.Run("driver args", func(t *testing.T) { checkArgs(t, objs, &ds.Spec.Template.Spec, driverFlags) })
+			t.Run("approver args", func(t *testing.T) { checkArgs(t, objs, &dep.Spec.Template.Spec, approverFlags) })
+			t.Run("DaemonSet", func(t *testing.T) { checkDaemonSet(t, ds) })
+			t.Run("Deployment", func(t *testing.T) { checkDeployment(t, dep) })
+			t.Run("runtime issuer", func(t *testing.T) { checkRuntimeIssuer(t, objs, ds, dep) })
+			t.Run("CA bundle", func(t *testing.T) { checkCABundle(t, ds) })
+			t.Run("RBAC subjects", func(t *testing.T) { checkBindings(t, objs) })
+		})
+	}
+}
+
+// The CSIDriver's name is the driver's default --driver-name, and both
+// binaries are told the same name.
+func checkCSIDriver(t *testing.T, objs []*unstructured.Unstructured) {
+	drivers := find(objs, "CSIDriver")
+	if len(drivers) != 1 {
+		t.Fatalf("rendered %d CSIDriver objects, want 1", len(drivers))
+	}
+	d := convert[storagev1.CSIDriver](t, drivers[0])
+	if d.Name != spiffe.DefaultDriverName {
+		t.Errorf("CSIDriver name %q, want spiffe.DefaultDriverName %q", d.Name, spiffe.DefaultDriverName)
+	}
+	s := d.Spec
+	switch {
+	case s.AttachRequired == nil || *s.AttachRequired:
+		t.Error("attachRequired must be false")
+	case s.PodInfoOnMount == nil || !*s.PodInfoOnMount:
+		t.Error("podInfoOnMount must be true")
+	case len(s.VolumeLifecycleModes) != 1 || s.VolumeLifecycleModes[0] != storagev1.VolumeLifecycleEphemeral:
+		t.Errorf("volumeLifecycleModes %v, want [Ephemeral]", s.VolumeLifecycleModes)
+	case len(s.TokenRequests) != 1 || s.TokenRequests[0].Audience != "":
+		t.Errorf("tokenRequests %+v, want [{audience: \"\"}]", s.TokenRequests)
+	case s.RequiresRepublish == nil || !*s.RequiresRepublish:
+		t.Error("requiresRepublish must be true")
+	case s.FSGroupPolicy == nil || *s.FSGroupPolicy != storagev1.FileFSGroupPolicy:
+		t.Error("fsGroupPolicy must be File")
+	case s.ServiceAccountTokenInSecrets == nil || !*s.ServiceAccountTokenInSecrets:
+		t.Error("serviceAccountTokenInSecrets must be true")
+	}
+	ds, dep := workloads(t, objs)
+	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
+		if v, ok := flagValue(spec.Containers[0].Args, "driver-name"); ok && v != d.Name {
+			t.Errorf("%s: --driver-name=%s, CSIDriver is %s", spec.ServiceAccountName, v, d.Name)
+		}
+	}
+}
+
+var clusterScoped = map[string]bool{
+	"CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true, "ClusterIssuer": true,
+}
+
+// No Namespace object (a prune would delete cert-manager), and everything
+// namespaced lives in cert-manager.
+func checkNamespaces(t *testing.T, objs []*unstructured.Unstructured) {
+	for _, o := range objs {
+		switch {
+		case o.GetKind() == "Namespace":
+			t.Errorf("renders Namespace %q: the manifests must never create or own a namespace", o.GetName())
+		case clusterScoped[o.GetKind()] && o.GetNamespace() != "":
+			t.Errorf("cluster-scoped %s %s has namespace %q", o.GetKind(), o.GetName(), o.GetNamespace())
+		case !clusterScoped[o.GetKind()] && o.GetNamespace() != namespace:
+			t.Errorf("%s %s is in namespace %q, want %q", o.GetKind(), o.GetName(), o.GetNamespace(), namespace)
+		}
+		if o.GetLabels()["app.kubernetes.io/part-of"] != "svid-csi" {
+			t.Errorf("%s %s lacks the label app.kubernetes.io/part-of=svid-csi", o.GetKind(), o.GetName())
+		}
+	}
+}
+
+var envRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+
+// Every flag in the args is one the binary registers; every $(VAR) names an
+// env var of the container (else the kubelet passes it literally); every
+// ConfigMap key an env var reads is rendered.
+func checkArgs(t *testing.T, objs []*unstructured.Unstructured, spec *corev1.PodSpec, registered map[string]bool) {
+	if len(spec.Containers) == 0 {
+		t.Fatal("no containers")
+	}
+	c := spec.Containers[0]
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	seen := map[string]bool{}
+	for _, a := range c.Args {
+		name := argFlag(a)
+		if name == "" {
+			t.Errorf("%s: positional argument %q", c.Name, a)
+			continue
+		}
+		if !registered[name] {
+			t.Errorf("%s: %q: the binary has no flag %q (it has %v)", c.Name, a, name, sortedKeys(registered))
+		}
+		if seen[name] {
+			t.Errorf("%s: flag %q given twice", c.Name, name)
+		}
+		seen[name] = true
+		for _, m := range envRef.FindAllStringSubmatch(a, -1) {
+			if _, ok := env[m[1]]; !ok {
+				t.Errorf("%s: %q refers to $(%s), which the container does not define", c.Name, a, m[1])
+			}
+		}
+	}
+	for _, e := range c.Env {
+		ref := e.ValueFrom
+		if ref == nil || ref.ConfigMapKeyRef == nil {
+			continue
+		}
+		cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", ref.ConfigMapKeyRef.Name))
+		if v := cm.Data[ref.ConfigMapKeyRef.Key]; v == "" {
+			t.Errorf("%s: env %s reads ConfigMap %s key %q, which is missing or empty", c.Name, e.Name, cm.Name, ref.ConfigMapKeyRef.Key)
+		}
+	}
+}
+
+func mountOf(c *corev1.Container, path string) *corev1.VolumeMount {
+	for i := range c.VolumeMounts {
+		if c.VolumeMounts[i].MountPath == path {
+			return &c.VolumeMounts[i]
+		}
+	}
+	return nil
+}
+
+func hostPathOf(spec *corev1.PodSpec, volume string) string {
+	for _, v := range spec.Volumes {
+		if v.Name == volume && v.HostPath != nil {
+			return v.HostPath.Path
+		}
+	}
+	return ""
+}
+
+// One container, privileged, with Bidirectional propagation on the kubelet's
+// pods dir and the data root, each mounted at its host path.
+func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
+	spec := &ds.Spec.Template.Spec
+	if len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
+		t.Fatalf("driver pod has %d containers and %d init containers, want exactly one container (no sidecars)",
+			len(spec.Containers), len(spec.InitContainers))
+	}
+	c := &spec.Containers[0]
+	if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged {
+		t.Error("driver container must be privileged (Bidirectional mount propagation needs it)")
+	}
+	kubeletRoot, ok := flagValue(c.Args, "kubelet-root-dir")
+	if !ok {
+		kubeletRoot = "/var/lib/kubelet"
+	}
+	dataRoot, ok := flagValue(c.Args, "data-root")
+	if !ok {
+		t.Fatal("no --data-root")
+	}
+	if strings.HasPrefix(dataRoot, "/tmp") {
+		t.Errorf("--data-root=%s: tmp cleaners delete /tmp", dataRoot)
+	}
+	for _, p := range []string{filepath.Join(kubeletRoot, "pods"), dataRoot} {
+		m := mountOf(c, p)
+		switch {
+		case m == nil:
+			t.Errorf("%s is not mounted", p)
+		case m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional:
+			t.Errorf("%s: mountPropagation %v, want Bidirectional", p, m.MountPropagation)
+		case hostPathOf(spec, m.Name) != p:
+			t.Errorf("%s: mounted from host path %q, want the same path", p, hostPathOf(spec, m.Name))
+		}
+	}
+	// The kubelet dials the socket path the driver registers, so the socket's
+	// directory and plugins_registry must be the host's paths.
+	socketDir := filepath.Join(kubeletRoot, "plugins", spiffe.DefaultDriverName)
+	if ep, ok := flagValue(c.Args, "endpoint"); ok {
+		socketDir = filepath.Dir(strings.TrimPrefix(ep, "unix://"))
+	}
+	for _, p := range []string{socketDir, filepath.Join(kubeletRoot, "plugins_registry")} {
+		if m := mountOf(c, p); m == nil || hostPathOf(spec, m.Name) != p {
+			t.Errorf("%s must be mounted from the same host path", p)
+		}
+	}
+	if spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName %q, want system-node-critical", spec.PriorityClassName)
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("driver needs a liveness probe on /healthz")
+	}
+	if _, ok := flagValue(c.Args, "node-id"); !ok {
+		t.Error("no --node-id")
+	}
+}
+
+// The approver: leader-elected replicas, non-root, read-only, no capabilities.
+func checkDeployment(t *testing.T, dep *appsv1.Deployment) {
+	spec := &dep.Spec.Template.Spec
+	if len(spec.Containers) != 1 {
+		t.Fatalf("approver pod has %d containers, want 1", len(spec.Containers))
+	}
+	c := &spec.Containers[0]
+	if dep.Spec.Replicas == nil || *dep.Spec.Replicas < 2 {
+		t.Error("approver needs at least 2 replicas")
+	}
+	psc, sc := spec.SecurityContext, c.SecurityContext
+	switch {
+	case psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot:
+		t.Error("approver must run as non-root")
+	case psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+		t.Error("approver needs seccomp RuntimeDefault")
+	case sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Error("approver needs a read-only root filesystem")
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Error("approver must not allow privilege escalation")
+	case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0:
+		t.Error("approver must drop ALL capabilities and add none")
+	case c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz":
+		t.Error("approver needs a liveness probe on /healthz")
+	case c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz":
+		t.Error("approver needs a readiness probe on /readyz")
+	}
+}
+
+// With --runtime-issuance-configmap, the ConfigMap exists under that exact
+// name (no hash), has the three keys, and both ServiceAccounts may read it;
+// both binaries get the same flag.
+func checkRuntimeIssuer(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.DaemonSet, dep *appsv1.Deployment) {
+	dv, dok := flagValue(ds.Spec.Template.Spec.Containers[0].Args, "runtime-issuance-configmap")
+	av, aok := flagValue(dep.Spec.Template.Spec.Containers[0].Args, "runtime-issuance-configmap")
+	if dok != aok || dv != av {
+		t.Fatalf("driver has --runtime-issuance-configmap=%q (%v), approver %q (%v): want the same", dv, dok, av, aok)
+	}
+	if !dok {
+		return
+	}
+	ns, name, ok := strings.Cut(strings.ReplaceAll(dv, "$(POD_NAMESPACE)", namespace), "/")
+	if !ok || ns != namespace {
+		t.Fatalf("--runtime-issuance-configmap=%s: want %s/<name>", dv, namespace)
+	}
+	cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", name))
+	for _, k := range []string{"issuer-name", "issuer-kind", "issuer-group"} {
+		if cm.Data[k] == "" {
+			t.Errorf("ConfigMap %s: key %q missing or empty", name, k)
+		}
+	}
+	for _, sa := range []string{driverName, approverName} {
+		if !roleAllows(t, objs, sa, "configmaps", name, "get", "list", "watch") {
+			t.Errorf("ServiceAccount %s may not get/list/watch ConfigMap %s", sa, name)
+		}
+	}
+}
+
+// roleAllows reports whether a Role bound to the ServiceAccount in namespace
+// allows every verb on the named core resource.
+func roleAllows(t *testing.T, objs []*unstructured.Unstructured, sa, resource, name string, verbs ...string) bool {
+	for _, u := range find(objs, "RoleBinding") {
+		rb := convert[rbacv1.RoleBinding](t, u)
+		bound := false
+		for _, s := range rb.Subjects {
+			bound = bound || (s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == namespace)
+		}
+		if !bound || rb.RoleRef.Kind != "Role" {
+			continue
+		}
+		role := convert[rbacv1.Role](t, findOne(t, objs, "Role", rb.RoleRef.Name))
+		missing := map[string]bool{}
+		for _, v := range verbs {
+			missing[v] = true
+		}
+		for _, r := range role.Rules {
+			if !contains(r.APIGroups, "") || !contains(r.Resources, resource) ||
+				(len(r.ResourceNames) > 0 && !contains(r.ResourceNames, name)) {
+				continue
+			}
+			for _, v := range r.Verbs {
+				delete(missing, v)
+			}
+		}
+		if len(missing) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// --source-ca-bundle points into a volume mounted into the driver.
+func checkCABundle(t *testing.T, ds *appsv1.DaemonSet) {
+	c := &ds.Spec.Template.Spec.Containers[0]
+	path, ok := flagValue(c.Args, "source-ca-bundle")
+	if !ok {
+		return
+	}
+	for _, m := range c.VolumeMounts {
+		if strings.HasPrefix(path, m.MountPath+"/") {
+			if m.SubPath != "" {
+				t.Errorf("%s is mounted with subPath: the kubelet never updates it", m.MountPath)
+			}
+			return
+		}
+	}
+	t.Errorf("--source-ca-bundle=%s is in no mounted volume", path)
+}
+
+// Every ServiceAccount subject of a binding is rendered (a binding to a
+// ServiceAccount that an overlay renamed or moved grants nothing).
+func checkBindings(t *testing.T, objs []*unstructured.Unstructured) {
+	sas := map[string]bool{}
+	for _, o := range find(objs, "ServiceAccount") {
+		sas[o.GetNamespace()+"/"+o.GetName()] = true
+	}
+	for _, kind := range []string{"RoleBinding", "ClusterRoleBinding"} {
+		for _, u := range find(objs, kind) {
+			rb := convert[rbacv1.ClusterRoleBinding](t, u) // same shape as RoleBinding
+			for _, s := range rb.Subjects {
+				if s.Kind == "ServiceAccount" && !sas[s.Namespace+"/"+s.Name] {
+					t.Errorf("%s %s binds ServiceAccount %s/%s, which is not rendered", kind, rb.Name, s.Namespace, s.Name)
+				}
+			}
+			if !isRendered(objs, rb.RoleRef.Kind, rb.RoleRef.Name) {
+				t.Errorf("%s %s refers to %s %s, which is not rendered", kind, rb.Name, rb.RoleRef.Kind, rb.RoleRef.Name)
+			}
+		}
+	}
+}
+
+func isRendered(objs []*unstructured.Unstructured, kind, name string) bool {
+	for _, o := range find(objs, kind) {
+		if o.GetName() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// A changed config.env renames the hashed ConfigMap and both workloads follow:
+// editing per-cluster values rolls the pods.
+func TestConfigChangeRollsPods(t *testing.T) {
+	base := render(t, "../../kustomize").objects
+	baseCM := find(base, "ConfigMap")[0].GetName()
+
+	// The base copied into an in-memory file system, with an overlay beside it.
+	fs := filesys.MakeFsInMemory()
+	entries, err := os.ReadDir("../../kustomize")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join("../../kustomize", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fs.WriteFile("/kustomize/"+e.Name(), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kust := "resources:\n- ../kustomize\nconfigMapGenerator:\n- name: svid-csi-config\n  namespace: cert-manager\n  behavior: merge\n  literals:\n  - TRUST_DOMAIN=example.org\n"
+	if err := fs.WriteFile("/overlay/kustomization.yaml", []byte(kust)); err != nil {
+		t.Fatal(err)
+	}
+	objs := renderFS(t, fs, "/overlay").objects
+	var cm *corev1.ConfigMap
+	for _, u := range find(objs, "ConfigMap") {
+		if strings.HasPrefix(u.GetName(), "svid-csi-config-") {
+			cm = convert[corev1.ConfigMap](t, u)
+		}
+	}
+	if cm == nil || cm.Name == baseCM || cm.Data["TRUST_DOMAIN"] != "example.org" {
+		t.Fatalf("merged ConfigMap %+v: want a new name (was %s) with TRUST_DOMAIN=example.org", cm, baseCM)
+	}
+	ds, dep := workloads(t, objs)
+	for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.ValueFrom.ConfigMapKeyRef.Name != cm.Name {
+				t.Errorf("%s: env %s reads ConfigMap %s, want %s", c.Name, e.Name, e.ValueFrom.ConfigMapKeyRef.Name, cm.Name)
+			}
+		}
+	}
+}
+
+// The kustomizations follow the project's rules: no deprecated or renaming
+// fields, nothing remote.
+func TestKustomizationRules(t *testing.T) {
+	forbidden := []string{"commonLabels:", "namePrefix:", "nameSuffix:", "patchesStrategicMerge:", "patchesJson6902:", "bases:", "://"}
+	var files []string
+	for _, root := range []string{"../../kustomize", "../../overlays", "testdata"} {
+		err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && d.Name() == "kustomization.yaml" {
+				files = append(files, p)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(files) < 8 {
+		t.Fatalf("found only %d kustomization.yaml files: %v", len(files), files)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "#") {
+				continue
+			}
+			for _, bad := range forbidden {
+				if strings.Contains(line, bad) {
+					t.Errorf("%s:%d: %q is not allowed (%s)", f, i+1, bad, strings.TrimSpace(line))
+				}
+			}
+		}
+		isComponent := strings.Contains(string(data), "kind: Component")
+		if strings.Contains(f, "components") != isComponent {
+			t.Errorf("%s: components live in overlays/components and only there (kind: Component)", f)
+		}
+	}
+}

@@ -1,0 +1,348 @@
+//go:build integration
+
+package driver
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/svid-csi/svid-csi/internal/testbed"
+)
+
+var bed *testbed.Bed
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		// The driver mounts tmpfs volumes: these tests need root, and CI runs as root.
+		fmt.Fprintln(os.Stderr, "test/driver: must run as root (the driver mounts tmpfs)")
+		os.Exit(1)
+	}
+	os.Exit(testbed.Main(m, &bed))
+}
+
+var (
+	driverRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"get", "list", "watch", "delete"}},
+		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}
+	approverRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests/status"}, Verbs: []string{"update", "patch"}},
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"signers"}, Verbs: []string{"approve"}, ResourceNames: []string{"clusterissuers.cert-manager.io/*"}},
+		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}
+	kubeconfigs = map[string]string{}
+)
+
+// serviceAccountKubeconfig makes a ServiceAccount in cert-manager's namespace
+// with the rules, once, and returns its token kubeconfig: programs run as
+// they do in cluster, with no client certificate.
+func serviceAccountKubeconfig(t testing.TB, name string, rules []rbacv1.PolicyRule) string {
+	t.Helper()
+	if k, ok := kubeconfigs[name]; ok {
+		return k
+	}
+	ctx := context.Background()
+	ns := testbed.CertManagerNamespace
+	if err := bed.CreateServiceAccount(ctx, ns, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Grant(ctx, "", name, ns, name, rules); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(bed.Dir, name+".kubeconfig")
+	if err := bed.WriteServiceAccountKubeconfig(ctx, path, ns, name); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfigs[name] = path
+	return path
+}
+
+// node is one driver process under a simulated kubelet, with an approver for
+// its driver name. Each test uses its own driver name, so its requests are
+// seen by its own approver only.
+type node struct {
+	t          testing.TB
+	name       string
+	driverName string
+	dir        string
+	dataRoot   string
+	kubeletDir string
+	socket     string
+	metrics    string
+	args       []string
+	driver     *testbed.Process
+	kubelet    *testbed.Kubelet
+}
+
+type nodeOpts struct {
+	duration       time.Duration // certificate-request-duration for driver and approver
+	driverTD       string        // trust domain of the driver (default cluster.local)
+	tokenInSecrets bool
+}
+
+func startNode(t testing.TB, name string, o nodeOpts) *node {
+	t.Helper()
+	ctx := context.Background()
+	if o.duration == 0 {
+		o.duration = time.Hour
+	}
+	if o.driverTD == "" {
+		o.driverTD = "cluster.local"
+	}
+	n := &node{t: t, name: name, driverName: name + ".spiffe.test", dir: filepath.Join(bed.Dir, name)}
+	n.dataRoot, n.kubeletDir = filepath.Join(n.dir, "data"), filepath.Join(n.dir, "kubelet")
+	n.socket = filepath.Join(n.dir, "csi.sock")
+	for _, d := range []string{n.dataRoot, n.kubeletDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	yes := true
+	csiDriver := &storagev1.CSIDriver{
+		ObjectMeta: metav1.ObjectMeta{Name: n.driverName},
+		Spec: storagev1.CSIDriverSpec{
+			AttachRequired:               new(bool),
+			PodInfoOnMount:               &yes,
+			VolumeLifecycleModes:         []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral},
+			TokenRequests:                []storagev1.TokenRequest{{Audience: ""}},
+			RequiresRepublish:            &yes,
+			ServiceAccountTokenInSecrets: &o.tokenInSecrets,
+		},
+	}
+	file := storagev1.FileFSGroupPolicy
+	csiDriver.Spec.FSGroupPolicy = &file
+	if _, err := bed.Kube.StorageV1().CSIDrivers().Create(ctx, csiDriver, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	ports := freePorts(t, 3)
+	dur := o.duration.String()
+	approver, err := bed.StartProcess(name+"-approver", bed.Binary("svid-csi-approver"),
+		"--kubeconfig="+serviceAccountKubeconfig(t, "svid-csi-approver", approverRules),
+		"--driver-name="+n.driverName, "--trust-domain=cluster.local",
+		"--certificate-request-duration="+dur,
+		"--issuer-name="+testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer",
+		"--leader-election=false",
+		"--health-address=127.0.0.1:"+strconv.Itoa(ports[0]), "--metrics-address=",
+		"--v=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { approver.Stop(syscall.SIGTERM, 10*time.Second) })
+
+	n.metrics = "127.0.0.1:" + strconv.Itoa(ports[1])
+	n.args = []string{
+		"--kubeconfig=" + serviceAccountKubeconfig(t, "svid-csi-driver", driverRules),
+		"--driver-name=" + n.driverName, "--node-id=" + name,
+		"--endpoint=unix://" + n.socket,
+		"--data-root=" + n.dataRoot, "--kubelet-root-dir=" + n.kubeletDir,
+		"--trust-domain=" + o.driverTD,
+		"--certificate-request-duration=" + dur,
+		"--issuer-name=" + testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer",
+		"--metrics-address=" + n.metrics,
+		"--health-address=127.0.0.1:" + strconv.Itoa(ports[2]),
+		"--v=4",
+	}
+	n.startDriver()
+	kubelet, err := bed.NewKubelet(ctx, name, n.kubeletDir, n.driverName, n.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.kubelet = kubelet
+	t.Cleanup(func() {
+		kubelet.Close()
+		n.driver.Stop(syscall.SIGTERM, 10*time.Second)
+	})
+	n.waitReady()
+	return n
+}
+
+// startDriver (re)starts the driver process with the node's flags.
+func (n *node) startDriver() {
+	n.t.Helper()
+	if n.driver == nil {
+		p, err := bed.StartProcess(n.name+"-driver", bed.Binary("svid-csi-driver"), n.args...)
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		n.driver = p
+		return
+	}
+	if err := n.driver.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// waitReady waits for the driver's Probe to answer ready over its socket.
+func (n *node) waitReady() {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ids := csi.NewIdentityClient(n.kubelet.Conn())
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		if exited, err := n.driver.Exited(); exited {
+			return false, fmt.Errorf("driver exited: %v\n%s", err, n.driver.Tail(4096))
+		}
+		resp, err := ids.Probe(ctx, &csi.ProbeRequest{})
+		return err == nil && resp.GetReady().GetValue(), nil
+	})
+	if err != nil {
+		n.t.Fatalf("driver never ready: %v", err)
+	}
+}
+
+// tenant is a namespace whose ServiceAccount "app" may create requests, as
+// the project's docs tell users to grant.
+func newTenant(t testing.TB, prefix string) string {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := bed.CreateNamespace(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.CreateServiceAccount(ctx, ns, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Grant(ctx, ns, "svid-csi-workload", ns, "app", []rbacv1.PolicyRule{{
+		APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"create"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func (n *node) pod(t testing.TB, ns, name string, attrs map[string]string, fsGroup *int64) *testbed.PodVolume {
+	t.Helper()
+	v, err := n.kubelet.CreatePod(context.Background(), testbed.PodSpec{
+		Namespace: ns, Name: name, ServiceAccount: "app", Attributes: attrs, ReadOnly: true, FSGroup: fsGroup,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// svid reads and checks the volume's files: a certificate chaining to the
+// bed's CA with exactly the expected URI, and the key that matches it.
+func svid(t testing.TB, v *testbed.PodVolume, wantID string) *x509.Certificate {
+	t.Helper()
+	certPEM, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatalf("tls.crt is not PEM: %q", certPEM)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bed.IssuerCAPEM)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("SVID does not chain to the CA: %v", err)
+	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != wantID || len(cert.DNSNames)+len(cert.IPAddresses)+len(cert.EmailAddresses) != 0 {
+		t.Fatalf("SVID names: URIs %v DNS %v IP %v email %v, want only %s", cert.URIs, cert.DNSNames, cert.IPAddresses, cert.EmailAddresses, wantID)
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil || kb.Type != "PRIVATE KEY" {
+		t.Fatalf("tls.key is not a PKCS#8 PEM block")
+	}
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.(*ecdsa.PrivateKey).PublicKey.Equal(cert.PublicKey) {
+		t.Fatal("tls.key does not match tls.crt")
+	}
+	return cert
+}
+
+func isMountPoint(t testing.TB, path string) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
+}
+
+// requestsIn lists the CertificateRequests left in a namespace.
+func requestsIn(t testing.TB, ns string) int {
+	t.Helper()
+	l, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(l.Items)
+}
+
+func waitNoRequests(t testing.TB, ns string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return requestsIn(t, ns) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("%d CertificateRequests left in %s", requestsIn(t, ns), ns)
+	}
+}
+
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	out := make([]int, n)
+	for i := range out {
+		p, err := testbed.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = p
+	}
+	return out
+}
+
+func id(ns string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/app" }
+
+// auditCount is how many requests on CertificateRequests in ns the API
+// server served to anyone but the test itself.
+func auditCount(t testing.TB, ns string) int {
+	t.Helper()
+	evs, err := bed.AuditEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ev := range evs {
+		if ev.ObjectRef.Namespace == ns && ev.User.Username != testbed.AdminUser {
+			n++
+		}
+	}
+	return n
+}
