@@ -4,15 +4,17 @@ GO ?= go
 BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {print $$2}' hack/tools/kube/go.mod)
+# The version a tools module pins for a module path (in or out of a require block).
+pinned = $(shell awk '{for (i = 1; i < NF; i++) if ($$i == "$(1)") {print $$(i+1); exit}}' $(2))
+KUBE_VERSION := $(call pinned,k8s.io/kubernetes,hack/tools/kube/go.mod)
 KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
 KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) -X $(p).gitTreeState=clean)
-CM_VERSION := $(shell awk '$$1 == "github.com/cert-manager/cert-manager" {print $$2}' hack/tools/certmanager/go.mod)
+CM_VERSION := $(call pinned,github.com/cert-manager/cert-manager,hack/tools/certmanager/go.mod)
 CM_LDFLAGS := -s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$(CM_VERSION)
 
 UPSTREAM := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook
-INTEGRATION_PKGS := ./internal/testbed/... $(if $(wildcard test),./test/...)
+INTEGRATION_PKGS := ./internal/testbed/... ./driver/ ./test/...
 OURS := $(BIN)/svid-csi-approver $(BIN)/svid-csi-driver
 
 .PHONY: all test test-unit test-integration verify bin deps up clean bench
@@ -30,6 +32,7 @@ test-integration: deps bin
 	$(GO) test -count=1 -tags integration -timeout 40m -p 1 $(INTEGRATION_PKGS)
 
 verify:
+	@test -n "$(KUBE_VERSION)" -a -n "$(CM_VERSION)" || { echo "cannot read pinned versions from hack/tools/*/go.mod"; exit 1; }
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./...

@@ -1,0 +1,263 @@
+//go:build integration
+
+package driver
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/internal/testbed"
+)
+
+// BenchmarkPublish measures NodePublishVolume of a new pod, as the kubelet
+// calls it, against the floor: the same CertificateRequest round trip (key,
+// CSR, create as the ServiceAccount, wait for the certificate on a watch,
+// delete) done by a bare client with no driver in between. It also counts, at
+// the API server, the requests made per issuance and per republish.
+// Run with -benchtime=1x.
+func BenchmarkPublish(b *testing.B) {
+	n := startNode(b, "bench", nodeOpts{})
+	const rounds = 30
+
+	b.Run("floor", func(b *testing.B) {
+		ns := newTenant(b, "floor")
+		as, err := bed.ClientsAs(context.Background(), ns, "app")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var lat []time.Duration
+		for range rounds {
+			lat = append(lat, bareIssue(b, as, ns, n.driverName))
+		}
+		report(b, lat)
+	})
+
+	b.Run("1", func(b *testing.B) {
+		ns := newTenant(b, "one")
+		ctx := context.Background()
+		var lat []time.Duration
+		var republish []time.Duration
+		auditBefore := auditVerbs(b, ns)
+		for i := range rounds {
+			v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
+			req, err := n.kubelet.PublishRequest(ctx, v)
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+			start = time.Now()
+			if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			republish = append(republish, time.Since(start))
+		}
+		report(b, lat)
+		slices.Sort(republish)
+		b.ReportMetric(float64(republish[len(republish)/2].Microseconds())/1000, "republish-p50-ms")
+		time.Sleep(2 * time.Second) // the last deletes reach the audit log
+		verbs := auditVerbs(b, ns)
+		for _, verb := range []string{"create", "delete", "update", "patch", "get", "list"} {
+			b.ReportMetric(float64(verbs[verb]-auditBefore[verb])/rounds, verb+"s/issuance")
+		}
+	})
+
+	b.Run("100", func(b *testing.B) {
+		ns := newTenant(b, "hundred")
+		ctx := context.Background()
+		reqs := make([]*podCall, 100)
+		for i := range reqs {
+			v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
+			r, err := n.kubelet.PublishRequest(ctx, v)
+			if err != nil {
+				b.Fatal(err)
+			}
+			reqs[i] = &podCall{v: v, req: r}
+		}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for _, c := range reqs {
+			wg.Go(func() {
+				s := time.Now()
+				_, c.err = n.kubelet.Node.NodePublishVolume(ctx, c.req)
+				c.lat = time.Since(s)
+			})
+		}
+		wg.Wait()
+		total := time.Since(start)
+		var lat []time.Duration
+		for _, c := range reqs {
+			if c.err != nil {
+				b.Fatal(c.err)
+			}
+			lat = append(lat, c.lat)
+		}
+		report(b, lat)
+		b.ReportMetric(total.Seconds(), "all-100-s")
+	})
+}
+
+type podCall struct {
+	v   *testbed.PodVolume
+	req *csi.NodePublishVolumeRequest
+	lat time.Duration
+	err error
+}
+
+// BenchmarkIdle1000 publishes 1,000 volumes, then measures the driver's RSS
+// and CPU over 30 idle seconds.
+func BenchmarkIdle1000(b *testing.B) {
+	n := startNode(b, "idle", nodeOpts{})
+	ns := newTenant(b, "idle")
+	ctx := context.Background()
+	const volumes, parallel = 1000, 25
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Go(func() {
+			for i := range next {
+				v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
+				if err := n.kubelet.Publish(ctx, v); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	for i := range volumes {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	time.Sleep(5 * time.Second)
+	pid := n.driver.PID()
+	cpu0, at0 := cpuTicks(b, pid), time.Now()
+	time.Sleep(30 * time.Second)
+	cpu1, at1 := cpuTicks(b, pid), time.Now()
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	b.ReportMetric(float64(cpu1-cpu0)/ticksPerSecond/at1.Sub(at0).Seconds()*100, "idle-cpu-%")
+	b.ReportMetric(float64(rssKiB(b, pid))/1024, "rss-MiB")
+}
+
+// bareIssue is what an issuance costs with no driver in between: the time
+// from key generation to the delete, with the watch already open (as the
+// driver's informer is).
+func bareIssue(b *testing.B, as *testbed.ServiceAccountClients, ns, driverName string) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	crs := bed.CertManager.CertmanagerV1().CertificateRequests(ns)
+	w, err := crs.Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Stop()
+	start := time.Now()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u, _ := url.Parse(id(ns))
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cr, err := as.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, &cmapi.CertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "floor-", Namespace: ns,
+			Labels:      map[string]string{spiffe.DriverLabel: driverName},
+			Annotations: map[string]string{spiffe.IdentityAnnotation: id(ns)},
+		},
+		Spec: cmapi.CertificateRequestSpec{
+			Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+			Duration:  &metav1.Duration{Duration: time.Hour},
+			Usages:    spiffe.Usages,
+			IssuerRef: cmmeta.IssuerReference{Name: testbed.ClusterIssuerName, Kind: "ClusterIssuer", Group: "cert-manager.io"},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		select {
+		case ev := <-w.ResultChan():
+			if got, ok := ev.Object.(*cmapi.CertificateRequest); ok && ev.Type == watch.Modified && got.Name == cr.Name && len(got.Status.Certificate) > 0 {
+				if err := crs.Delete(ctx, cr.Name, metav1.DeleteOptions{}); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(start)
+			}
+		case <-ctx.Done():
+			b.Fatal("floor request never issued")
+			return 0
+		}
+	}
+}
+
+func report(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[(len(lat)*99)/100].Microseconds())/1000, "p99-ms")
+}
+
+func auditVerbs(b *testing.B, ns string) map[string]int {
+	evs, err := bed.AuditEvents()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, ev := range evs {
+		if ev.ObjectRef.Namespace == ns && ev.User.Username != testbed.AdminUser && ev.Stage == "ResponseComplete" {
+			out[ev.Verb]++
+		}
+	}
+	return out
+}
+
+func cpuTicks(b *testing.B, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) start at state.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+func rssKiB(b *testing.B, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kib, _ := strconv.Atoi(strings.Fields(rest)[0])
+			return kib
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
