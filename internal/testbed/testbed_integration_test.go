@@ -106,21 +106,9 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("request never issued: %v; status: %+v", err, issued.Status.Conditions)
 	}
 
-	block, _ := pem.Decode(issued.Status.Certificate)
-	if block == nil {
-		t.Fatalf("status.certificate is not PEM: %q", issued.Status.Certificate)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	cert, err := bed.VerifySVID(issued.Status.Certificate, uri.String())
 	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(bed.IssuerCAPEM)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("issued certificate does not verify against the CA: %v", err)
-	}
-	if len(cert.URIs) != 1 || cert.URIs[0].String() != uri.String() {
-		t.Fatalf("certificate URIs = %v, want [%s]", cert.URIs, uri)
+		t.Fatalf("issued certificate: %v", err)
 	}
 	if !cert.PublicKey.(*ecdsa.PublicKey).Equal(&key.PublicKey) {
 		t.Fatal("certificate is not for the request's key")

@@ -4,11 +4,8 @@ package approver
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +13,8 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
 // BenchmarkBurst measures the approver on a burst of requests created at
@@ -129,7 +128,7 @@ func BenchmarkMemoryForeign(b *testing.B) {
 	const foreign = 10000
 	p := startApprover(b, "approver-mem", "--leader-election=false")
 	time.Sleep(3 * time.Second) // caches synced, heap settled
-	before := rssKiB(b, p.PID())
+	before := usage(b, p).RSSKiB
 	tn := newTenant(b, "foreign-mem")
 	ctx := context.Background()
 	proto := tn.request(b, requestOpts{noLabel: true})
@@ -150,25 +149,15 @@ func BenchmarkMemoryForeign(b *testing.B) {
 	close(next)
 	wg.Wait()
 	time.Sleep(3 * time.Second)
-	after := rssKiB(b, p.PID())
+	after := usage(b, p).RSSKiB
 	b.ReportMetric(float64(before)/1024, "rss-before-MiB")
 	b.ReportMetric(float64(after)/1024, "rss-after-10k-foreign-MiB")
 }
 
-func rssKiB(b *testing.B, pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+func usage(b *testing.B, p *testbed.Process) testbed.Usage {
+	u, err := p.Usage()
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kib, err := strconv.Atoi(strings.Fields(rest)[0])
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kib
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
+	return u
 }

@@ -9,12 +9,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,13 +149,19 @@ func BenchmarkIdle1000(b *testing.B) {
 	close(next)
 	wg.Wait()
 	time.Sleep(5 * time.Second)
-	pid := n.driver.PID()
-	cpu0, at0 := cpuTicks(b, pid), time.Now()
+	u0, err := n.driver.Usage()
+	if err != nil {
+		b.Fatal(err)
+	}
+	at0 := time.Now()
 	time.Sleep(30 * time.Second)
-	cpu1, at1 := cpuTicks(b, pid), time.Now()
+	u1, err := n.driver.Usage()
+	if err != nil {
+		b.Fatal(err)
+	}
 	const ticksPerSecond = 100 // USER_HZ on Linux
-	b.ReportMetric(float64(cpu1-cpu0)/ticksPerSecond/at1.Sub(at0).Seconds()*100, "idle-cpu-%")
-	b.ReportMetric(float64(rssKiB(b, pid))/1024, "rss-MiB")
+	b.ReportMetric(float64(u1.CPUTicks-u0.CPUTicks)/ticksPerSecond/time.Since(at0).Seconds()*100, "idle-cpu-%")
+	b.ReportMetric(float64(u1.RSSKiB)/1024, "rss-MiB")
 }
 
 // bareIssue is what an issuance costs with no driver in between: the time
@@ -233,31 +236,4 @@ func auditVerbs(b *testing.B, ns string) map[string]int {
 		}
 	}
 	return out
-}
-
-func cpuTicks(b *testing.B, pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Fields after the command name (which may hold spaces) start at state.
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.Atoi(f[11])
-	stime, _ := strconv.Atoi(f[12])
-	return utime + stime
-}
-
-func rssKiB(b *testing.B, pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kib, _ := strconv.Atoi(strings.Fields(rest)[0])
-			return kib
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
 }

@@ -251,21 +251,9 @@ func svid(t testing.TB, v *testbed.PodVolume, wantID string) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(certPEM)
-	if block == nil {
-		t.Fatalf("tls.crt is not PEM: %q", certPEM)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	cert, err := bed.VerifySVID(certPEM, wantID)
 	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(bed.IssuerCAPEM)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("SVID does not chain to the CA: %v", err)
-	}
-	if len(cert.URIs) != 1 || cert.URIs[0].String() != wantID || len(cert.DNSNames)+len(cert.IPAddresses)+len(cert.EmailAddresses) != 0 {
-		t.Fatalf("SVID names: URIs %v DNS %v IP %v email %v, want only %s", cert.URIs, cert.DNSNames, cert.IPAddresses, cert.EmailAddresses, wantID)
+		t.Fatalf("tls.crt: %v", err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil || kb.Type != "PRIVATE KEY" {
