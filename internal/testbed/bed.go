@@ -117,6 +117,9 @@ func (b *Bed) Stop() {
 	for i := len(b.procs) - 1; i >= 0; i-- {
 		b.procs[i].Stop(syscall.SIGTERM, 10*time.Second)
 	}
+	if err := unmountUnder(b.Dir); err != nil {
+		fmt.Fprintf(os.Stderr, "test bed: %v\n", err)
+	}
 	if b.etcdDir != "" {
 		_ = os.RemoveAll(b.etcdDir)
 	}
