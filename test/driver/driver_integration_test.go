@@ -242,3 +242,37 @@ type podResult struct {
 	v   *testbed.PodVolume
 	err error
 }
+
+// TestPodFSGroup: without the fs-group attribute, the pod's fsGroup reaches
+// the driver as volume_mount_group (VOLUME_MOUNT_GROUP) and owns the files.
+func TestPodFSGroup(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := startNode(t, "fsgroup", nodeOpts{tokenInSecrets: true})
+	ns := newTenant(t, "fsgroup")
+	gid := int64(5555)
+	v := n.pod(t, ns, "web", nil, &gid)
+	req, err := n.kubelet.PublishRequest(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := req.GetVolumeCapability().GetMount().GetVolumeMountGroup(); got != "5555" {
+		t.Fatalf("kubelet sent volume_mount_group %q: the driver does not advertise VOLUME_MOUNT_GROUP", got)
+	}
+	if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	svid(t, v, id(ns))
+	for _, f := range []string{"tls.crt", "tls.key"} {
+		st, err := os.Stat(filepath.Join(v.TargetPath, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := st.Sys().(*syscall.Stat_t).Gid; int64(g) != gid || st.Mode().Perm() != 0o440 {
+			t.Errorf("%s: group %d mode %v, want %d and 0440", f, g, st.Mode().Perm(), gid)
+		}
+	}
+	if err := n.kubelet.DeletePod(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}
