@@ -164,6 +164,8 @@ func (d *Driver) remove(id string) {
 // vol is a published volume. meta is written only under the volume's lock;
 // the fields below mu change on republish and renewal.
 type vol struct {
+	// meta is set before the volume is added and never changed after: it is
+	// read without a lock. What changes (validity, token) is guarded by mu.
 	meta volume.Meta
 
 	mu            sync.Mutex

@@ -33,6 +33,7 @@ type fakeIssuer struct {
 	lifetime time.Duration
 
 	mu       sync.Mutex
+	unsynced bool
 	calls    []issuance.Request
 	released []string
 	err      error
@@ -67,7 +68,11 @@ func (f *fakeIssuer) Release(_ context.Context, volumeID string) {
 	f.released = append(f.released, volumeID)
 }
 
-func (f *fakeIssuer) HasSynced() bool { return true }
+func (f *fakeIssuer) HasSynced() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.unsynced
+}
 
 func (f *fakeIssuer) Calls() []issuance.Request {
 	f.mu.Lock()
@@ -110,7 +115,7 @@ type countingMounter struct {
 	mounts int
 }
 
-func (c *countingMounter) MountTmpfs(target string) error {
+func (c *countingMounter) MountTmpfs(target string) (bool, error) {
 	c.mu.Lock()
 	c.mounts++
 	c.mu.Unlock()

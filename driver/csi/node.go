@@ -46,6 +46,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if v := d.lookup(p.volumeID); v != nil {
 		return d.republish(ctx, v, p)
 	}
+	if !d.Ready() {
+		// Before the request cache and the runtime issuer are read, a request
+		// could go to the wrong issuer or never be seen: the kubelet retries.
+		return nil, status.Error(codes.Unavailable, "the driver is starting: its caches are not synced yet")
+	}
 	unlock, ok := d.locks.TryLock(p.volumeID)
 	if !ok {
 		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", p.volumeID)

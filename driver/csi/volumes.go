@@ -26,12 +26,15 @@ const releaseTimeout = 10 * time.Second
 // remembered by the issuer for the next call.
 func (d *Driver) publish(ctx context.Context, p *publishParams) (err error) {
 	logger := klog.FromContext(ctx)
-	if err := d.opts.Mounter.MountTmpfs(p.targetPath); err != nil {
+	created, err := d.opts.Mounter.MountTmpfs(p.targetPath)
+	if err != nil {
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	success := false
 	defer func() {
-		if success {
+		// A mount this call did not make (a live volume whose state was lost)
+		// is never undone: the pod may be reading its files.
+		if success || !created {
 			return
 		}
 		if cerr := d.opts.Mounter.Cleanup(p.targetPath); cerr != nil {
@@ -77,9 +80,12 @@ func (d *Driver) issue(ctx context.Context, trigger string, v *vol) (*issuance.R
 		return nil, status.Errorf(codes.DeadlineExceeded, "waiting for one of %d issuance slots: %v", cap(d.sem), ctx.Err())
 	}
 	defer func() { <-d.sem }()
-	v.mu.Lock()
-	token := v.token
-	v.mu.Unlock()
+	// Read after the wait for a slot: a token that expired meanwhile is not sent.
+	token, ok := v.freshToken(d.opts.Clock.Now())
+	if !ok {
+		d.opts.Metrics.Failed(trigger, "token", d.opts.Clock.Since(start))
+		return nil, status.Errorf(codes.Unavailable, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
+	}
 	res, err := d.opts.Issuer.Issue(ctx, issuance.Request{
 		VolumeID: v.meta.VolumeID, Namespace: v.meta.PodNamespace, PodName: v.meta.PodName,
 		PodUID: v.meta.PodUID, ServiceAccount: v.meta.ServiceAccount, Token: token,
@@ -159,8 +165,8 @@ func (d *Driver) renew(ctx context.Context, id string) {
 	defer v.endRenewal()
 
 	err = d.renewOnce(rctx, v)
-	if ctx.Err() != nil {
-		return // shutting down or unpublished: the request stays pending or is released
+	if ctx.Err() != nil || errors.Is(rctx.Err(), context.Canceled) {
+		return // shutting down, or unpublished (v.close cancels rctx): not a failure
 	}
 	if err != nil {
 		n := v.failed(err)
@@ -185,9 +191,10 @@ func (d *Driver) renewOnce(ctx context.Context, v *vol) error {
 		d.opts.Metrics.Failed("renew", "local", 0)
 		return fmt.Errorf("write renewed certificate: %w", err)
 	}
+	// v.meta is never changed once the volume is added (lock-free readers use
+	// it); the new expiry lives in the guarded validity and the saved copy.
 	meta := v.meta
 	meta.NotBefore, meta.NotAfter = res.NotBefore, res.NotAfter
-	v.meta = meta
 	v.setValidity(res.NotBefore, res.NotAfter)
 	d.release(ctx, meta.VolumeID)
 	if err := d.opts.Store.Save(meta); err != nil {

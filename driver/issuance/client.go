@@ -123,8 +123,14 @@ func New(opts Options) (*Client, error) {
 	return &Client{opts: opts, pending: map[string]*pendingRequest{}}, nil
 }
 
-// HasSynced reports whether the request informer has synced.
-func (c *Client) HasSynced() bool { return c.opts.Waiter.HasSynced() }
+// HasSynced reports whether the request informer has synced, and the issuer
+// source too when it watches something (the runtime ConfigMap).
+func (c *Client) HasSynced() bool {
+	if s, ok := c.opts.Issuers.(interface{ HasSynced() bool }); ok && !s.HasSynced() {
+		return false
+	}
+	return c.opts.Waiter.HasSynced()
+}
 
 // Issue returns a certificate for the request's pod, resuming the volume's
 // pending request if there is one. Errors are *Error. After the result is
@@ -136,6 +142,13 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 	c.mu.Unlock()
 	if p != nil && p.podUID != req.PodUID {
 		c.Release(ctx, req.VolumeID)
+		p = nil
+	}
+	if p != nil && c.gone(ctx, p) {
+		// Deleted while nobody waited on it (an admin, a cleanup job): resuming
+		// it would wait for ever, so a new one is made.
+		logger.Info("Pending CertificateRequest is gone; creating a new one", "request", klog.KRef(p.namespace, p.name))
+		c.forget(req.VolumeID)
 		p = nil
 	}
 	if p == nil {
@@ -222,6 +235,17 @@ func (c *Client) Release(ctx context.Context, volumeID string) {
 	if err != nil && !apierrors.IsNotFound(err) {
 		klog.FromContext(ctx).Error(err, "Could not delete CertificateRequest; it is deleted with its pod", "request", klog.KRef(p.namespace, p.name))
 	}
+}
+
+// gone reports whether a pending request no longer exists: absent from the
+// synced cache and confirmed NotFound by the API server. Any doubt (a read
+// error) counts as not gone; the wait then decides.
+func (c *Client) gone(ctx context.Context, p *pendingRequest) bool {
+	if !c.opts.Waiter.HasSynced() || c.opts.Waiter.Cached(p.namespace, p.name) {
+		return false
+	}
+	_, err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(p.namespace).Get(ctx, p.name, metav1.GetOptions{})
+	return apierrors.IsNotFound(err)
 }
 
 func (c *Client) forget(volumeID string) *pendingRequest {

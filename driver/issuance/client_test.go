@@ -265,3 +265,32 @@ func TestStripTransform(t *testing.T) {
 		t.Errorf("strip = %+v", got)
 	}
 }
+
+// A pending request deleted while no call waited on it is not resumed for
+// ever: the next call sees it gone and creates a new one.
+func TestPendingDeletedIsRecreated(t *testing.T) {
+	f := newFixture(t, StaticIssuer(testIssuer))
+	ctx, cancel := context.WithTimeout(f.ctx, 200*time.Millisecond)
+	_, err := f.client.Issue(ctx, testRequest)
+	cancel()
+	if err == nil {
+		t.Fatal("first call: want a pending timeout")
+	}
+	cr := f.created(t)
+	if err := f.cs.CertmanagerV1().CertificateRequests(cr.Namespace).Delete(f.ctx, cr.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.client.opts.Waiter.Cached(cr.Namespace, cr.Name) {
+		if time.Now().After(deadline) {
+			t.Fatal("the informer never saw the delete")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel = context.WithTimeout(f.ctx, 200*time.Millisecond)
+	_, _ = f.client.Issue(ctx, testRequest)
+	cancel()
+	if got := f.creates.Load(); got != 2 {
+		t.Fatalf("%d requests created, want 2: the deleted one must be replaced, not resumed", got)
+	}
+}

@@ -115,6 +115,12 @@ func (w *Waiter) notify(obj any, deleted bool) {
 	}
 }
 
+// Cached reports whether the informer's cache holds the request.
+func (w *Waiter) Cached(namespace, name string) bool {
+	_, exists, err := w.informer.GetStore().GetByKey(namespace + "/" + name)
+	return err == nil && exists
+}
+
 // Wait blocks until the request namespace/name is issued, denied or failed,
 // it is deleted, or ctx is done.
 func (w *Waiter) Wait(ctx context.Context, namespace, name string) (*cmapi.CertificateRequest, error) {

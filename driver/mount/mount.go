@@ -19,8 +19,9 @@ const DefaultSize = "4m"
 // Interface is the seam between the node service and the host's mount table.
 type Interface interface {
 	// MountTmpfs creates target if needed and mounts a tmpfs there, unless
-	// one is already mounted.
-	MountTmpfs(target string) error
+	// one is already mounted; created says whether this call mounted it (only
+	// then may a failed publish undo it).
+	MountTmpfs(target string) (created bool, err error)
 	// IsMounted reports whether path is a mount point; a missing path is not.
 	IsMounted(path string) (bool, error)
 	// Cleanup unmounts path if it is mounted and removes the directory; a
@@ -43,22 +44,22 @@ func New() *Mounter { return &Mounter{m: mountutils.New(""), size: DefaultSize} 
 func NewFake() *Mounter { return &Mounter{m: mountutils.NewFakeMounter(nil), size: DefaultSize} }
 
 // MountTmpfs implements Interface.
-func (m *Mounter) MountTmpfs(target string) error {
+func (m *Mounter) MountTmpfs(target string) (bool, error) {
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return fmt.Errorf("create target %s: %w", target, err)
+		return false, fmt.Errorf("create target %s: %w", target, err)
 	}
 	mounted, err := m.IsMounted(target)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if mounted {
-		return nil
+		return false, nil
 	}
 	opts := []string{"size=" + m.size, "mode=0755", "nosuid", "nodev", "noexec"}
 	if err := m.m.Mount("tmpfs", target, "tmpfs", opts); err != nil {
-		return fmt.Errorf("mount tmpfs at %s: %w", target, err)
+		return false, fmt.Errorf("mount tmpfs at %s: %w", target, err)
 	}
-	return nil
+	return true, nil
 }
 
 // IsMounted implements Interface.

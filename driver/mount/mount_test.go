@@ -14,7 +14,7 @@ func TestRealTmpfs(t *testing.T) {
 	target := filepath.Join(t.TempDir(), "pods", "uid", "mount")
 	m := New()
 	for range 2 { // idempotent
-		if err := m.MountTmpfs(target); err != nil {
+		if _, err := m.MountTmpfs(target); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -44,7 +44,7 @@ func TestRealTmpfs(t *testing.T) {
 func TestFake(t *testing.T) {
 	target := filepath.Join(t.TempDir(), "mount")
 	m := NewFake()
-	if err := m.MountTmpfs(target); err != nil {
+	if _, err := m.MountTmpfs(target); err != nil {
 		t.Fatal(err)
 	}
 	if ok, _ := m.IsMounted(target); !ok {
