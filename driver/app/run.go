@@ -37,6 +37,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	startedAt := time.Now()
 	logger := klog.FromContext(ctx)
 	td, _ := spiffe.ParseTrustDomain(cfg.TrustDomain)
 	socket, _ := cfg.SocketPath()
@@ -134,6 +135,14 @@ func Run(ctx context.Context, cfg Config) error {
 		"socket", socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain)
 	g := newGroup(ctx)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })
+	g.Go("orphan sweep", func(ctx context.Context) error {
+		// One pass once the informer has synced; then it waits with the group.
+		if err := client.SweepOrphans(ctx, startedAt); err != nil && ctx.Err() == nil {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	})
 	if tracker != nil {
 		g.Go("runtime issuer", tracker.Run)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -102,6 +104,7 @@ type Client struct {
 
 	mu      sync.Mutex
 	pending map[string]*pendingRequest // by volume ID
+	swept   atomic.Bool
 }
 
 type pendingRequest struct {
@@ -123,13 +126,50 @@ func New(opts Options) (*Client, error) {
 	return &Client{opts: opts, pending: map[string]*pendingRequest{}}, nil
 }
 
-// HasSynced reports whether the request informer has synced, and the issuer
-// source too when it watches something (the runtime ConfigMap).
+// HasSynced reports whether the request informer has synced and the
+// requests a previous run left behind are swept, and the issuer source too
+// when it watches something (the runtime ConfigMap).
 func (c *Client) HasSynced() bool {
 	if s, ok := c.opts.Issuers.(interface{ HasSynced() bool }); ok && !s.HasSynced() {
 		return false
 	}
-	return c.opts.Waiter.HasSynced()
+	return c.swept.Load() && c.opts.Waiter.HasSynced()
+}
+
+// SweepOrphans waits for the request informer, then deletes this node's
+// requests that a previous run created and can no longer use: their keys
+// lived only in its memory. Without it they would stay, approved and issued,
+// until their pods are deleted. Requests this run made are never touched.
+func (c *Client) SweepOrphans(ctx context.Context, startedAt time.Time) error {
+	if !cache.WaitForCacheSync(ctx.Done(), c.opts.Waiter.HasSynced) {
+		return ctx.Err()
+	}
+	logger := klog.FromContext(ctx)
+	for _, obj := range c.opts.Waiter.List() {
+		cr, ok := obj.(*cmapi.CertificateRequest)
+		if !ok || !cr.CreationTimestamp.Time.Before(startedAt) || c.isPending(cr.Namespace, cr.Name) {
+			continue
+		}
+		err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(cr.Namespace).Delete(ctx, cr.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			logger.Error(err, "Could not delete a CertificateRequest left by a previous run; it goes with its pod", "request", klog.KObj(cr))
+			continue
+		}
+		logger.Info("Deleted a CertificateRequest left by a previous run", "request", klog.KObj(cr))
+	}
+	c.swept.Store(true)
+	return nil
+}
+
+func (c *Client) isPending(namespace, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.pending {
+		if p.namespace == namespace && p.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Issue returns a certificate for the request's pod, resuming the volume's

@@ -20,6 +20,7 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/fake"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clienttesting "k8s.io/client-go/testing"
@@ -292,5 +293,40 @@ func TestPendingDeletedIsRecreated(t *testing.T) {
 	cancel()
 	if got := f.creates.Load(); got != 2 {
 		t.Fatalf("%d requests created, want 2: the deleted one must be replaced, not resumed", got)
+	}
+}
+
+// SweepOrphans deletes this node's requests that a previous run left (their
+// keys are gone), keeps those made since this run started, and only then
+// reports synced.
+func TestSweepOrphans(t *testing.T) {
+	f := newFixture(t, StaticIssuer(testIssuer))
+	if f.client.HasSynced() {
+		t.Fatal("synced before the sweep")
+	}
+	start := time.Now()
+	labels := map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName, spiffe.NodeLabel: "node-1"}
+	for name, created := range map[string]time.Time{"old": start.Add(-time.Minute), "new": start.Add(time.Second)} {
+		cr := &cmapi.CertificateRequest{ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: "team-a", Labels: labels, CreationTimestamp: metav1.NewTime(created),
+		}}
+		if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Create(f.ctx, cr, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for !f.client.opts.Waiter.Cached("team-a", "old") || !f.client.opts.Waiter.Cached("team-a", "new") {
+		time.Sleep(time.Millisecond)
+	}
+	if err := f.client.SweepOrphans(f.ctx, start); err != nil {
+		t.Fatal(err)
+	}
+	if !f.client.HasSynced() {
+		t.Fatal("not synced after the sweep")
+	}
+	if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, "old", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the previous run's request survived: %v", err)
+	}
+	if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, "new", metav1.GetOptions{}); err != nil {
+		t.Fatalf("a request of this run was deleted: %v", err)
 	}
 }

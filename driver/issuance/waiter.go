@@ -115,6 +115,9 @@ func (w *Waiter) notify(obj any, deleted bool) {
 	}
 }
 
+// List is every request of this node in the cache.
+func (w *Waiter) List() []any { return w.informer.GetStore().List() }
+
 // Cached reports whether the informer's cache holds the request.
 func (w *Waiter) Cached(namespace, name string) bool {
 	_, exists, err := w.informer.GetStore().GetByKey(namespace + "/" + name)

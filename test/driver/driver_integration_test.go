@@ -6,6 +6,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,11 +21,14 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/svid-csi/svid-csi/internal/spiffe"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
@@ -208,12 +216,18 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	waitRepublish := n.kubelet.Republish(repCtx, v, 2*time.Second, nil)
 	defer func() { stopRepublish(); waitRepublish() }()
 
+	// A request the killed run leaves pending (its key dies with the process):
+	// the restarted driver must delete it rather than let it wait for its pod.
+	orphan := leftoverRequest(t, ctx, n, ns)
 	time.Sleep(5 * time.Second)
 	n.driver.Stop(syscall.SIGKILL, 5*time.Second)
 	n.startDriver()
 	n.waitReady()
 	if !isMountPoint(t, v.TargetPath) {
 		t.Fatal("volume unmounted by the restart")
+	}
+	if _, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).Get(ctx, orphan, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the previous run's pending request %s is still there once the driver is ready: %v", orphan, err)
 	}
 
 	deadline := first.NotAfter.Add(-10 * time.Second)
@@ -275,4 +289,33 @@ func TestPodFSGroup(t *testing.T) {
 	if err := n.kubelet.DeletePod(ctx, v); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// leftoverRequest creates, as the driver would have, a request on n's node
+// that nobody will resume, and returns its name.
+func leftoverRequest(t *testing.T, ctx context.Context, n *node, ns string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(id(ns))
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, &cmapi.CertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "leftover-", Namespace: ns, Labels: map[string]string{
+			spiffe.DriverLabel: n.driverName, spiffe.NodeLabel: spiffe.NodeLabelValue(n.name),
+		}},
+		Spec: cmapi.CertificateRequestSpec{
+			Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+			Usages:    spiffe.Usages,
+			IssuerRef: cmmeta.IssuerReference{Name: testbed.ClusterIssuerName, Kind: "ClusterIssuer", Group: "cert-manager.io"},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cr.Name
 }
