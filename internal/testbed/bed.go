@@ -355,18 +355,27 @@ func defaultBinDir() (string, error) {
 	if d := os.Getenv("SVID_CSI_BIN_DIR"); d != "" {
 		return d, nil
 	}
+	root, err := repoRoot()
+	if err != nil {
+		return "", fmt.Errorf("find bin dir: %w (or set SVID_CSI_BIN_DIR)", err)
+	}
+	return filepath.Join(root, "bin"), nil
+}
+
+// repoRoot is the svid-csi checkout the tests run in.
+func repoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
-		return "", fmt.Errorf("find bin dir: %w", err)
+		return "", fmt.Errorf("find the repository: %w", err)
 	}
 	for {
 		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
 			strings.HasPrefix(string(data), "module github.com/svid-csi/svid-csi\n") {
-			return filepath.Join(dir, "bin"), nil
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("find bin dir: not inside the svid-csi repository; set SVID_CSI_BIN_DIR")
+			return "", errors.New("not inside the svid-csi repository")
 		}
 		dir = parent
 	}

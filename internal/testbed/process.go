@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,6 +153,11 @@ func (p *Process) waitFor(ctx context.Context, what string, ready func(context.C
 		case <-tick.C:
 		}
 	}
+}
+
+// WaitHTTP waits until url answers 200 OK, the process exits, or ctx ends.
+func (p *Process) WaitHTTP(ctx context.Context, url string) error {
+	return p.waitFor(ctx, url, httpOK(http.DefaultClient, url))
 }
 
 var errNotReady = errors.New("not ready")

@@ -5,11 +5,6 @@ package testbed_test
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
-	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -60,19 +55,15 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri, _ := url.Parse("spiffe://cluster.local/ns/" + ns + "/sa/app")
-	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{uri}}, key)
+	uri := "spiffe://cluster.local/ns/" + ns + "/sa/app"
+	key, csr, err := testbed.NewCSR([]string{uri}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "smoke-", Namespace: ns},
 		Spec: cmapi.CertificateRequestSpec{
-			Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}),
+			Request:   csr,
 			Duration:  &metav1.Duration{Duration: time.Hour},
 			Usages:    []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageClientAuth, cmapi.UsageServerAuth},
 			IssuerRef: cmmeta.IssuerReference{Name: testbed.ClusterIssuerName, Kind: "ClusterIssuer", Group: "cert-manager.io"},
@@ -106,11 +97,11 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("request never issued: %v; status: %+v", err, issued.Status.Conditions)
 	}
 
-	cert, err := bed.VerifySVID(issued.Status.Certificate, uri.String())
+	cert, err := bed.VerifySVID(issued.Status.Certificate, uri)
 	if err != nil {
 		t.Fatalf("issued certificate: %v", err)
 	}
-	if !cert.PublicKey.(*ecdsa.PublicKey).Equal(&key.PublicKey) {
+	if !cert.PublicKey.(*ecdsa.PublicKey).Equal(key.Public()) {
 		t.Fatal("certificate is not for the request's key")
 	}
 }

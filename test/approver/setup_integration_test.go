@@ -4,14 +4,7 @@ package approver
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,14 +29,15 @@ func TestMain(m *testing.M) {
 
 const approverSA = "svid-csi-approver"
 
-// approverRules is the least privilege the approver runs with.
-var approverRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"get", "list", "watch"}},
-	{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests/status"}, Verbs: []string{"update", "patch"}},
-	{APIGroups: []string{"cert-manager.io"}, Resources: []string{"signers"}, Verbs: []string{"approve"},
-		ResourceNames: []string{"clusterissuers.cert-manager.io/*", "issuers.cert-manager.io/*"}},
-	{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch", "update"}},
-	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+// approverRules are the shipped ClusterRole's, plus leases under the ids the
+// tests choose (the shipped Role allows only the default id).
+func approverRules(t testing.TB) []rbacv1.PolicyRule {
+	t.Helper()
+	rules, err := testbed.ShippedClusterRoleRules("svid-csi-approver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(rules, rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}})
 }
 
 var approverKubeconfig string
@@ -60,7 +54,7 @@ func setupApprover(t testing.TB) string {
 	if err := bed.CreateServiceAccount(ctx, ns, approverSA); err != nil {
 		t.Fatal(err)
 	}
-	if err := bed.Grant(ctx, "", approverSA, ns, approverSA, approverRules); err != nil {
+	if err := bed.Grant(ctx, "", approverSA, ns, approverSA, approverRules(t)); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(bed.Dir, "approver.kubeconfig")
@@ -147,14 +141,13 @@ type requestOpts struct {
 
 func (tn *tenant) request(t testing.TB, o requestOpts) *cmapi.CertificateRequest {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if o.uris == nil {
 		o.uris = []string{tn.id()}
 	}
-	csr := csrPEM(t, key, o.uris, o.dnsNames)
+	_, csr, err := testbed.NewCSR(o.uris, o.dnsNames)
+	if err != nil {
+		t.Fatal(err)
+	}
 	annotation := tn.id()
 	if o.annotation != nil {
 		annotation = *o.annotation
@@ -191,23 +184,6 @@ func (tn *tenant) create(t testing.TB, ctx context.Context, cr *cmapi.Certificat
 		t.Fatalf("create CertificateRequest as %s/%s: %v", tn.ns, tn.sa, err)
 	}
 	return got
-}
-
-func csrPEM(t testing.TB, key crypto.Signer, uris, dnsNames []string) []byte {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{DNSNames: dnsNames}
-	for _, u := range uris {
-		parsed, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, parsed)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
 // decision waits for the request's Approved or Denied condition.

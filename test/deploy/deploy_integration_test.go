@@ -4,15 +4,10 @@ package deploy_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -403,16 +398,8 @@ func TestExampleEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop(15, 10*time.Second)
-	readyz := "http://127.0.0.1:" + strconv.Itoa(health) + "/readyz"
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		resp, err := http.Get(readyz)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		t.Fatalf("approver never ready at %s: %v\n%s", readyz, err, p.Tail(8<<10))
+	if err := p.WaitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(health)+"/readyz"); err != nil {
+		t.Fatalf("approver never ready: %v", err)
 	}
 
 	// A workload namespace, its ServiceAccount bound to svid-csi-workload.
@@ -444,7 +431,7 @@ func TestExampleEndToEnd(t *testing.T) {
 			Annotations: map[string]string{spiffe.IdentityAnnotation: id},
 		},
 		Spec: cmapi.CertificateRequestSpec{
-			Request:   csrPEM(t, id),
+			Request:   newCSR(t, id),
 			Duration:  &metav1.Duration{Duration: time.Hour},
 			Usages:    spiffe.Usages,
 			IssuerRef: cmmeta.IssuerReference{Name: "svid-csi-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"},
@@ -545,16 +532,8 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		t.Fatal(err)
 	}
 	defer p.Stop(15, 10*time.Second)
-	healthz := "http://127.0.0.1:" + strconv.Itoa(health) + "/healthz"
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		resp, err := http.Get(healthz)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		t.Fatalf("driver never healthy at %s: %v\n%s", healthz, err, p.Tail(8<<10))
+	if err := p.WaitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(health)+"/healthz"); err != nil {
+		t.Fatalf("driver never healthy: %v", err)
 	}
 
 	kubeletRoot, _ := flagValue(args, "kubelet-root-dir")
@@ -631,23 +610,13 @@ func decided(cr *cmapi.CertificateRequest) *cmapi.CertificateRequestCondition {
 	return nil
 }
 
-// csrPEM is a CSR as the driver makes it: a fresh P-256 key, an empty subject,
-// one URI SAN.
-func csrPEM(t testing.TB, id string) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-}
-
 func ptr[T any](v T) *T { return &v }
+
+func newCSR(t testing.TB, id string) []byte {
+	t.Helper()
+	_, csr, err := testbed.NewCSR([]string{id}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}

@@ -4,13 +4,7 @@ package driver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -254,12 +248,7 @@ func bareIssue(ctx context.Context, as *testbed.ServiceAccountClients, iw *issue
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return 0, err
-	}
-	u, _ := url.Parse(id(ns))
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	_, csr, err := testbed.NewCSR([]string{id(ns)}, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -271,7 +260,7 @@ func bareIssue(ctx context.Context, as *testbed.ServiceAccountClients, iw *issue
 			Annotations: map[string]string{spiffe.IdentityAnnotation: id(ns)},
 		},
 		Spec: cmapi.CertificateRequestSpec{
-			Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+			Request:   csr,
 			Duration:  &metav1.Duration{Duration: time.Hour},
 			Usages:    spiffe.Usages,
 			IssuerRef: cmmeta.IssuerReference{Name: testbed.ClusterIssuerName, Kind: "ClusterIssuer", Group: "cert-manager.io"},

@@ -6,11 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -295,12 +290,7 @@ func TestPodFSGroup(t *testing.T) {
 // that nobody will resume, and returns its name.
 func leftoverRequest(t *testing.T, ctx context.Context, n *node, ns string) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id(ns))
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	_, csr, err := testbed.NewCSR([]string{id(ns)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +299,7 @@ func leftoverRequest(t *testing.T, ctx context.Context, n *node, ns string) stri
 			spiffe.DriverLabel: n.driverName, spiffe.NodeLabel: spiffe.NodeLabelValue(n.name),
 		}},
 		Spec: cmapi.CertificateRequestSpec{
-			Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+			Request:   csr,
 			Usages:    spiffe.Usages,
 			IssuerRef: cmmeta.IssuerReference{Name: testbed.ClusterIssuerName, Kind: "ClusterIssuer", Group: "cert-manager.io"},
 		},

@@ -37,27 +37,19 @@ func TestMain(m *testing.M) {
 	os.Exit(testbed.Main(m, &bed))
 }
 
-var (
-	driverRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"get", "list", "watch", "delete"}},
-		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-	}
-	approverRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests/status"}, Verbs: []string{"update", "patch"}},
-		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"signers"}, Verbs: []string{"approve"}, ResourceNames: []string{"clusterissuers.cert-manager.io/*"}},
-		{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-	}
-	kubeconfigs = map[string]string{}
-)
+var kubeconfigs = map[string]string{}
 
 // serviceAccountKubeconfig makes a ServiceAccount in cert-manager's namespace
-// with the rules, once, and returns its token kubeconfig: programs run as
+// bound to the ClusterRole of the same name as the kustomize base ships it, once, and returns its token kubeconfig: programs run as
 // they do in cluster, with no client certificate.
-func serviceAccountKubeconfig(t testing.TB, name string, rules []rbacv1.PolicyRule) string {
+func serviceAccountKubeconfig(t testing.TB, name string) string {
 	t.Helper()
 	if k, ok := kubeconfigs[name]; ok {
 		return k
+	}
+	rules, err := testbed.ShippedClusterRoleRules(name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	ctx := context.Background()
 	ns := testbed.CertManagerNamespace
@@ -135,7 +127,7 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	ports := freePorts(t, 3)
 	dur := o.duration.String()
 	approver, err := bed.StartProcess(name+"-approver", bed.Binary("svid-csi-approver"),
-		"--kubeconfig="+serviceAccountKubeconfig(t, "svid-csi-approver", approverRules),
+		"--kubeconfig="+serviceAccountKubeconfig(t, "svid-csi-approver"),
 		"--driver-name="+n.driverName, "--trust-domain=cluster.local",
 		"--certificate-request-duration="+dur,
 		"--issuer-name="+testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer",
@@ -149,7 +141,7 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 
 	n.metrics = "127.0.0.1:" + strconv.Itoa(ports[1])
 	n.args = []string{
-		"--kubeconfig=" + serviceAccountKubeconfig(t, "svid-csi-driver", driverRules),
+		"--kubeconfig=" + serviceAccountKubeconfig(t, "svid-csi-driver"),
 		"--driver-name=" + n.driverName, "--node-id=" + name,
 		"--endpoint=unix://" + n.socket,
 		"--data-root=" + n.dataRoot, "--kubelet-root-dir=" + n.kubeletDir,
