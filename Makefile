@@ -13,7 +13,8 @@ KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go
 CM_VERSION := $(call pinned,github.com/cert-manager/cert-manager,hack/tools/certmanager/go.mod)
 CM_LDFLAGS := -s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$(CM_VERSION)
 
-UPSTREAM := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook
+KUBE_BINS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+UPSTREAM := $(addprefix $(BIN)/,$(KUBE_BINS)) $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook
 INTEGRATION_PKGS := ./internal/testbed/... ./driver/ ./test/...
 OURS := $(BIN)/svid-csi-approver $(BIN)/svid-csi-driver
 
@@ -40,9 +41,10 @@ verify:
 bin: $(UPSTREAM) $(OURS)
 
 # Upstream binaries are rebuilt only when their pinned versions change.
-$(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/kube/go.mod hack/tools/kube/go.sum
+$(addprefix $(BIN)/,$(KUBE_BINS)) &: hack/tools/kube/go.mod hack/tools/kube/go.sum
+	@echo "building $(KUBE_BINS) $(KUBE_VERSION) from the Go module proxy (the first build takes minutes)"
 	cd hack/tools/kube && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+		$(addprefix k8s.io/kubernetes/cmd/,$(KUBE_BINS))
 
 $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook &: hack/tools/certmanager/go.mod hack/tools/certmanager/go.sum $(wildcard hack/tools/certmanager/*/*.go)
 	cd hack/tools/certmanager && for c in controller webhook; do \
@@ -55,9 +57,13 @@ $(BIN)/svid-csi-approver:
 $(BIN)/svid-csi-driver:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $@ ./driver
 
-## deps: what a fresh Debian machine lacks (etcd for the test bed)
+## deps: what a fresh Debian machine lacks: etcd for the control plane;
+## containerd, runc and a static busybox (the pods' tools image) for the node
+DEBS := etcd-server containerd runc busybox-static
 deps:
-	@command -v etcd >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server; }
+	@missing=; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (Debian)"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
 ## up: run the control plane locally until Ctrl-C (prints a kubeconfig)
 up: deps bin

@@ -31,6 +31,9 @@ type Options struct {
 	// Dir is where state, certificates and logs go. Default: a new temp dir,
 	// removed by Stop.
 	Dir string
+	// Node adds a real node: containerd, a kubelet named "localhost" and
+	// kube-scheduler (see node.go). One per machine: the kubelet owns cgroups.
+	Node bool
 }
 
 // Bed is a running control plane.
@@ -52,7 +55,14 @@ type Bed struct {
 	Issuer      string
 	IssuerCAPEM []byte
 
+	// Node is the real node, when Options.Node asked for one.
+	Node *Node
+
 	apiServerURL string
+	apiPort      int
+	clusterCA    *authority
+	adminCert    string
+	adminKey     string
 	ownDir       bool
 	etcdDir      string
 	saSigningKey string
@@ -103,6 +113,12 @@ func Start(ctx context.Context, opts Options) (bed *Bed, err error) {
 		{"cert-manager", b.startCertManager},
 		{"CA ClusterIssuer", b.createClusterIssuer},
 	}
+	if opts.Node {
+		steps = append(steps, struct {
+			name string
+			run  func(context.Context) error
+		}{"node", b.startNode})
+	}
 	for _, s := range steps {
 		if err := s.run(ctx); err != nil {
 			return nil, fmt.Errorf("start test bed: %s: %w", s.name, err)
@@ -114,6 +130,9 @@ func Start(ctx context.Context, opts Options) (bed *Bed, err error) {
 // Stop stops every process (newest first) and removes the bed's directory if
 // Start made it.
 func (b *Bed) Stop() {
+	// The node first, pods before the kubelet before containerd, while the
+	// API server and the controllers still answer.
+	b.stopNode()
 	for i := len(b.procs) - 1; i >= 0; i-- {
 		b.procs[i].Stop(syscall.SIGTERM, 10*time.Second)
 	}
@@ -199,7 +218,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.ClusterCAPEM = ca.certPEM
+	b.ClusterCAPEM, b.clusterCA = ca.certPEM, ca
 	caFile := filepath.Join(pki, "ca.crt")
 	if err := os.WriteFile(caFile, ca.certPEM, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", caFile, err)
@@ -212,6 +231,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.adminCert, b.adminKey = adminCert, adminKey
 	saKey, saPub, err := writeSigningKey(pki)
 	if err != nil {
 		return err
@@ -255,6 +275,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.apiPort = apiPort
 	b.apiServerURL = "https://127.0.0.1:" + strconv.Itoa(apiPort)
 	b.apiServer, err = b.StartProcess("kube-apiserver", b.Binary("kube-apiserver"),
 		"--etcd-servers="+clientURL,
@@ -270,6 +291,10 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 		"--service-account-signing-key-file="+saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=true",
+		// The node (node.go) is "localhost" on loopback: logs and exec reach
+		// its kubelet by name, as an admin (the kubelet authorizes by webhook).
+		"--kubelet-preferred-address-types=Hostname",
+		"--kubelet-client-certificate="+adminCert, "--kubelet-client-key="+adminKey,
 		"--profiling=false",
 		"--audit-policy-file="+auditPolicy, "--audit-log-path="+auditLog,
 		"--v=1")
@@ -312,7 +337,9 @@ func (b *Bed) startControllerManager(ctx context.Context) error {
 		"--authorization-kubeconfig="+b.AdminKubeconfig,
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(ports[0]),
 		"--leader-elect=false",
-		"--controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller",
+		"--controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,"+
+			// What the shipped workloads need on a node.
+			"deployment-controller,replicaset-controller,daemonset-controller,disruption-controller,node-lifecycle-controller",
 		"--root-ca-file="+filepath.Join(b.Dir, "pki", "ca.crt"),
 		"--service-account-private-key-file="+b.saSigningKey,
 		"--use-service-account-credentials=false",

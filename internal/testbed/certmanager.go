@@ -44,6 +44,11 @@ func (b *Bed) startCertManager(ctx context.Context) error {
 	_, err := b.StartProcess("cert-manager-controller", b.Binary("cert-manager-controller"),
 		"--kubeconfig="+b.AdminKubeconfig,
 		"--cluster-resource-namespace="+CertManagerNamespace,
+		// The issuer loops, and the Certificate loops a cluster's cert-manager
+		// runs too (the example overlay's CA is a Certificate).
+		"--controllers=issuers,clusterissuers,certificaterequests-issuer-ca,certificaterequests-issuer-selfsigned,"+
+			"certificates-trigger,certificates-issuing,certificates-key-manager,"+
+			"certificates-request-manager,certificates-readiness,certificates-revision-manager",
 		"--v=2")
 	return err
 }

@@ -13,18 +13,41 @@ import (
 // the bed's CA ClusterIssuer and names exactly one identity, the URI wantID,
 // and nothing else.
 func (b *Bed) VerifySVID(chainPEM []byte, wantID string) (*x509.Certificate, error) {
-	block, _ := pem.Decode(chainPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
+	return VerifySVIDTo(b.IssuerCAPEM, chainPEM, wantID)
+}
+
+// VerifySVIDTo is VerifySVID against the given root CAs: the leaf (with the
+// chain's other certificates as intermediates) chains to them and names only
+// the URI wantID.
+func VerifySVIDTo(rootsPEM, chainPEM []byte, wantID string) (*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := chainPEM; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("a %q PEM block in a certificate chain", block.Type)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate: %w", err)
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
 		return nil, fmt.Errorf("not a PEM certificate: %q", chainPEM)
 	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parse certificate: %w", err)
+	cert := certs[0]
+	roots, intermediates := x509.NewCertPool(), x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootsPEM) {
+		return nil, fmt.Errorf("no root CA certificate to verify against")
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(b.IssuerCAPEM)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return nil, fmt.Errorf("does not chain to the bed's CA: %w", err)
+	for _, c := range certs[1:] {
+		intermediates.AddCert(c)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("does not chain to the CA: %w", err)
 	}
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != wantID ||
 		len(cert.DNSNames)+len(cert.IPAddresses)+len(cert.EmailAddresses) != 0 {

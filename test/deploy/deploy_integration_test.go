@@ -25,9 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 	"github.com/svid-csi/svid-csi/internal/testbed"
@@ -41,42 +38,13 @@ func TestMain(m *testing.M) {
 
 const fieldManager = "svid-csi-deploy-test"
 
-// applier server-side applies rendered objects, as `kubectl apply
-// --server-side` does.
-type applier struct {
-	dyn    dynamic.Interface
-	mapper *restmapper.DeferredDiscoveryRESTMapper
-}
-
-func newApplier(t testing.TB) *applier {
+func newApplier(t testing.TB) *testbed.Applier {
 	t.Helper()
-	dyn, err := dynamic.NewForConfig(bed.Admin)
+	a, err := bed.NewApplier(fieldManager)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(bed.Kube.Discovery()))}
-}
-
-func (a *applier) apply(ctx context.Context, obj *unstructured.Unstructured, dryRun bool) error {
-	gvk := obj.GroupVersionKind()
-	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil {
-		return fmt.Errorf("%s %s: no API for it: %w", gvk.Kind, obj.GetName(), err)
-	}
-	opts := metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
-	if dryRun {
-		opts.DryRun = []string{metav1.DryRunAll}
-	}
-	var r dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
-	if m.Scope.Name() == "namespace" {
-		r = a.dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
-	} else if obj.GetNamespace() != "" {
-		return fmt.Errorf("%s %s is cluster-scoped but has namespace %q", gvk.Kind, obj.GetName(), obj.GetNamespace())
-	}
-	if _, err := r.Apply(ctx, obj.GetName(), obj, opts); err != nil {
-		return fmt.Errorf("%s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
-	}
-	return nil
+	return a
 }
 
 // Every overlay passes the API server's validation, admission and cert-manager's
@@ -88,7 +56,7 @@ func TestServerSideDryRun(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			for _, obj := range render(t, tg.dir).objects {
-				if err := a.apply(ctx, obj, true); err != nil {
+				if err := a.Apply(ctx, obj, true); err != nil {
 					t.Error(err)
 				}
 			}
@@ -253,7 +221,7 @@ func applyExample(t testing.TB) []*unstructured.Unstructured {
 	defer cancel()
 	a := newApplier(t)
 	for _, obj := range objs {
-		if err := a.apply(ctx, obj, false); err != nil {
+		if err := a.Apply(ctx, obj, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -328,46 +296,15 @@ func TestExampleEndToEnd(t *testing.T) {
 	defer cancel()
 	cmc := bed.CertManager.CertmanagerV1()
 
-	// The bed's cert-manager runs only the issuer loops; a cluster's also runs
-	// the Certificate loops, which turn the example's CA Certificate into a
-	// CertificateRequest and its Secret. Run them beside it.
-	certs, err := bed.StartProcess("cert-manager-certificates", bed.Binary("cert-manager-controller"),
-		"--kubeconfig="+bed.AdminKubeconfig, "--cluster-resource-namespace="+namespace, "--v=2",
-		"--controllers=certificates-trigger,certificates-issuing,certificates-key-manager,"+
-			"certificates-request-manager,certificates-readiness,certificates-revision-manager")
-	if err != nil {
+	// The bed's cert-manager runs the Certificate loops too, and no
+	// cert-manager approver (as recommended with svid-csi: docs/deploy.md):
+	// approve the example CA's request as an admin.
+	if err := bed.ApproveCertificateRequests(ctx, namespace, "svid-csi-ca"); err != nil {
 		t.Fatal(err)
 	}
-	defer certs.Stop(15, 10*time.Second)
-
-	// The test bed runs no cert-manager approver (as recommended with
-	// svid-csi: docs/deploy.md): approve the example CA's request as an admin.
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		list, err := cmc.CertificateRequests(namespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for i := range list.Items {
-			cr := &list.Items[i]
-			if cr.Annotations[cmapi.CertificateNameKey] != "svid-csi-ca" {
-				continue
-			}
-			if decided(cr) != nil {
-				return true, nil
-			}
-			cr.Status.Conditions = append(cr.Status.Conditions, cmapi.CertificateRequestCondition{
-				Type: cmapi.CertificateRequestConditionApproved, Status: cmmeta.ConditionTrue,
-				Reason: "DeployTest", Message: "approved by the deploy test", LastTransitionTime: ptr(metav1.Now()),
-			})
-			_, err := cmc.CertificateRequests(namespace).UpdateStatus(ctx, cr, metav1.UpdateOptions{})
-			return err == nil, nil
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("approve the example CA's CertificateRequest: %v\n%s", err, certs.Tail(8<<10))
+	if err := bed.WaitClusterIssuerReady(ctx, "svid-csi-ca"); err != nil {
+		t.Fatal(err)
 	}
-	waitReady(ctx, t, "svid-csi-ca")
 
 	// The approver, as its Deployment runs it.
 	_, dep := workloads(t, objs)
@@ -452,7 +389,7 @@ func TestExampleEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("request %s/%s never issued: %v; status %+v\napprover log:\n%s", ns, created.Name, err, last.Status, p.Tail(8<<10))
 	}
-	if c := decided(last); c == nil || c.Type != cmapi.CertificateRequestConditionApproved {
+	if c := testbed.Decided(last); c == nil || c.Type != cmapi.CertificateRequestConditionApproved {
 		t.Fatalf("request %s/%s: issued without the approver's approval: %+v", ns, created.Name, last.Status.Conditions)
 	}
 	block, _ := pem.Decode(last.Status.Certificate)
@@ -582,35 +519,7 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 	}
 }
 
-func waitReady(ctx context.Context, t testing.TB, clusterIssuer string) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		ci, err := bed.CertManager.CertmanagerV1().ClusterIssuers().Get(ctx, clusterIssuer, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for _, c := range ci.Status.Conditions {
-			if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("ClusterIssuer %s never Ready: %v", clusterIssuer, err)
-	}
-}
 
-func decided(cr *cmapi.CertificateRequest) *cmapi.CertificateRequestCondition {
-	for i, c := range cr.Status.Conditions {
-		if (c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied) && c.Status == cmmeta.ConditionTrue {
-			return &cr.Status.Conditions[i]
-		}
-	}
-	return nil
-}
-
-func ptr[T any](v T) *T { return &v }
 
 func newCSR(t testing.TB, id string) []byte {
 	t.Helper()

@@ -205,7 +205,16 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 	if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged {
 		t.Error("driver container must be privileged (Bidirectional mount propagation needs it)")
 	}
+	// The kubelet root reaches the flag through a literal env value that
+	// overlays/components/kubelet-root-dir rewrites with the host paths.
+	literal := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			literal[e.Name] = e.Value
+		}
+	}
 	kubeletRoot, ok := flagValue(c.Args, "kubelet-root-dir")
+	kubeletRoot = envRef.ReplaceAllStringFunc(kubeletRoot, func(ref string) string { return literal[ref[2:len(ref)-1]] })
 	if !ok {
 		kubeletRoot = "/var/lib/kubelet"
 	}

@@ -8,8 +8,9 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml from the rendered overlays")
@@ -26,6 +27,7 @@ var targets = []target{
 	{"ca-bundle", "../../overlays/ca-bundle"},
 	{"runtime-issuer", "../../overlays/runtime-issuer"},
 	{"node-selection", "../../overlays/node-selection"},
+	{"kubelet-root-dir", "../../overlays/kubelet-root-dir"},
 	{"example", "../../overlays/example"},
 	{"combined", "testdata/combined"},
 }
@@ -50,24 +52,11 @@ func render(t testing.TB, dir string) rendered {
 // renderFS builds dir of a file system.
 func renderFS(t testing.TB, fs filesys.FileSystem, dir string) rendered {
 	t.Helper()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	m, err := k.Run(fs, dir)
+	r, err := testbed.Render(fs, dir)
 	if err != nil {
-		t.Fatalf("kustomize build %s: %v", dir, err)
+		t.Fatal(err)
 	}
-	out, err := m.AsYaml()
-	if err != nil {
-		t.Fatalf("kustomize build %s: as YAML: %v", dir, err)
-	}
-	var objs []*unstructured.Unstructured
-	for _, r := range m.Resources() {
-		obj, err := r.Map()
-		if err != nil {
-			t.Fatalf("kustomize build %s: %s: %v", dir, r.CurId(), err)
-		}
-		objs = append(objs, &unstructured.Unstructured{Object: obj})
-	}
-	return rendered{yaml: out, objects: objs}
+	return rendered{yaml: r.YAML, objects: r.Objects}
 }
 
 func TestGolden(t *testing.T) {

@@ -1,0 +1,575 @@
+package testbed
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// NodeName is the real node's name: the API server reaches its kubelet by
+// this hostname (--kubelet-preferred-address-types=Hostname), on loopback.
+const NodeName = "localhost"
+
+// Node is a real node on loopback: containerd and runc from Debian, the
+// kubelet and kube-scheduler from the pinned k8s.io/kubernetes. Pods run with
+// hostNetwork (the CNI config is loopback only) and images come from tarballs
+// imported into containerd (there is no registry).
+type Node struct {
+	// Dir holds everything of the node; it is a shared bind mount of itself,
+	// so Bidirectional mount propagation works below it.
+	Dir string
+	// KubeletRootDir is the kubelet's --root-dir.
+	KubeletRootDir string
+	// ContainerdSocket is containerd's gRPC socket (the CRI endpoint).
+	ContainerdSocket string
+	// Images are the image references imported into containerd.
+	Images NodeImages
+
+	bed        *Bed
+	containerd *Process
+	kubelet    *Process
+	scheduler  *Process
+	bindMount  bool
+}
+
+// NodeImages are the references of the images a node has.
+type NodeImages struct {
+	// Driver and Approver are this project's images, built from bin/ as
+	// `make images` builds them.
+	Driver, Approver string
+	// Tools is a static busybox (sh, cat, sleep, ...): the pause image of
+	// every pod sandbox and the image of test workloads.
+	Tools string
+}
+
+// containerdNamespace is the one the CRI plugin uses.
+const containerdNamespace = "k8s.io"
+
+func (b *Bed) startNode(ctx context.Context) error {
+	if err := sweepStaleNodes(os.TempDir()); err != nil {
+		return err
+	}
+	n := &Node{Dir: filepath.Join(b.Dir, "node"), bed: b}
+	b.Node = n
+	n.KubeletRootDir = filepath.Join(n.Dir, "kubelet")
+	n.ContainerdSocket = filepath.Join(n.Dir, "containerd", "containerd.sock")
+	for _, d := range []string{n.KubeletRootDir, filepath.Join(n.Dir, "containerd"), filepath.Join(n.Dir, "cni", "net.d"),
+		filepath.Join(n.Dir, "cni", "bin"), filepath.Join(n.Dir, "pod-logs"), filepath.Join(n.Dir, "images")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if err := n.makeShared(); err != nil {
+		return err
+	}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"containerd", n.startContainerd},
+		{"images", n.importImages},
+		{"kubelet", n.startKubelet},
+		{"kube-scheduler", n.startScheduler},
+		{"node Ready", n.waitReady},
+	}
+	for _, s := range steps {
+		if err := s.run(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// makeShared bind-mounts the node's directory onto itself and makes it a
+// shared peer group: the host's / may be private, and the driver's
+// Bidirectional mounts (and the kubelet's check for them) need a shared one.
+func (n *Node) makeShared() error {
+	if err := unix.Mount(n.Dir, n.Dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount %s onto itself: %w", n.Dir, err)
+	}
+	n.bindMount = true
+	if err := unix.Mount("", n.Dir, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", n.Dir, err)
+	}
+	return nil
+}
+
+func (n *Node) startContainerd(ctx context.Context) error {
+	for _, bin := range []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s not found: install Debian's containerd and runc (make deps)", bin)
+		}
+	}
+	dir := filepath.Join(n.Dir, "containerd")
+	// The pod sandboxes run the tools image (busybox sleep): there is no
+	// registry to pull registry.k8s.io/pause from.
+	n.Images.Tools = "svid-csi.test/tools:testbed"
+	config := fmt.Sprintf(`version = 2
+root = %[1]q
+state = %[2]q
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = %[3]q
+
+[ttrpc]
+  address = %[4]q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[5]q
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %[6]q
+  # Root here may not lower OOM scores: runc fails otherwise with "can't get
+  # final child's PID from pipe: EOF".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %[7]q
+    conf_dir = %[8]q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.ContainerdSocket, n.ContainerdSocket+".ttrpc",
+		filepath.Join(dir, "opt"), n.Images.Tools, filepath.Join(n.Dir, "cni", "bin"), filepath.Join(n.Dir, "cni", "net.d"))
+	configFile := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", configFile, err)
+	}
+	// A loopback-only network: enough for the CRI to report the network
+	// ready; every pod of the bed uses the host's network.
+	cni := `{"cniVersion": "1.0.0", "name": "svid-bed-loopback", "plugins": [{"type": "loopback"}]}`
+	if err := os.WriteFile(filepath.Join(n.Dir, "cni", "net.d", "10-loopback.conflist"), []byte(cni), 0o644); err != nil {
+		return fmt.Errorf("write the CNI config: %w", err)
+	}
+	bin, _ := exec.LookPath("containerd")
+	p, err := n.bed.StartProcess("containerd", bin, "--config="+configFile, "--log-level=info")
+	if err != nil {
+		return err
+	}
+	n.containerd = p
+	return p.waitFor(ctx, "its socket", func(ctx context.Context) error {
+		_, err := n.ctr(ctx, "version")
+		return err
+	})
+}
+
+// ctr runs Debian's ctr against the node's containerd.
+func (n *Node) ctr(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	args = append([]string{"--address", n.ContainerdSocket, "--namespace", containerdNamespace}, args...)
+	out, err := exec.CommandContext(ctx, "ctr", args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args[4:], " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+func (n *Node) importImages(ctx context.Context) error {
+	tars, refs, err := buildNodeImages(n.bed.BinDir, filepath.Join(n.Dir, "images"))
+	if err != nil {
+		return err
+	}
+	n.Images.Driver, n.Images.Approver = refs.Driver, refs.Approver
+	for _, tar := range tars {
+		if _, err := n.ctr(ctx, "images", "import", tar); err != nil {
+			return fmt.Errorf("import %s: %w", tar, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) startKubelet(ctx context.Context) error {
+	b := n.bed
+	pki := filepath.Join(n.Dir, "pki")
+	if err := os.MkdirAll(pki, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", pki, err)
+	}
+	// The node's identity, as the Node authorizer and NodeRestriction want.
+	cert, key, err := b.clusterCA.writeKeyPair(pki, "kubelet", "system:node:"+NodeName, []string{"system:nodes"}, false)
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(n.Dir, "kubelet.kubeconfig")
+	if err := b.WriteKubeconfig(kubeconfig, "", cert, key); err != nil {
+		return err
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: %d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: %q
+authorization:
+  mode: Webhook
+containerRuntimeEndpoint: unix://%s
+# cgroup v1 and no systemd on these machines; swap is tolerated.
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+podLogsDir: %q
+# A shared test machine: never evict or garbage-collect the imported images.
+evictionHard:
+  memory.available: 1Mi
+  nodefs.available: 1%%
+  nodefs.inodesFree: 1%%
+  imagefs.available: 1%%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+clusterDomain: cluster.local
+syncFrequency: 10s
+fileCheckFrequency: 5s
+nodeStatusUpdateFrequency: 5s
+`, ports[0], ports[1], filepath.Join(b.Dir, "pki", "ca.crt"), n.ContainerdSocket, filepath.Join(n.Dir, "pod-logs"))
+	configFile := filepath.Join(n.Dir, "kubelet.yaml")
+	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", configFile, err)
+	}
+	p, err := b.StartProcess("kubelet", b.Binary("kubelet"),
+		"--config="+configFile,
+		"--kubeconfig="+kubeconfig,
+		"--root-dir="+n.KubeletRootDir,
+		"--cert-dir="+filepath.Join(n.Dir, "kubelet-pki"),
+		// The kubelet refuses a loopback node IP and takes the host's
+		// default-route address as InternalIP; nothing of the bed connects to
+		// it: the API server reaches the kubelet by hostname (localhost), and
+		// the probes of the bed's pods name 127.0.0.1 (the bed's component).
+		"--hostname-override="+NodeName,
+		"--v=1")
+	if err != nil {
+		return err
+	}
+	n.kubelet = p
+	healthz := "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/healthz"
+	return p.WaitHTTP(ctx, healthz)
+}
+
+// RestartKubelet stops the kubelet (SIGTERM) and starts it again with the
+// same configuration; pods keep running under containerd meanwhile.
+func (n *Node) RestartKubelet(ctx context.Context) error {
+	n.kubelet.Stop(syscall.SIGTERM, 30*time.Second)
+	if err := n.kubelet.Start(); err != nil {
+		return err
+	}
+	return n.waitReady(ctx)
+}
+
+func (n *Node) startScheduler(ctx context.Context) error {
+	b := n.bed
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	p, err := b.StartProcess("kube-scheduler", b.Binary("kube-scheduler"),
+		"--kubeconfig="+b.AdminKubeconfig,
+		"--authentication-kubeconfig="+b.AdminKubeconfig,
+		"--authorization-kubeconfig="+b.AdminKubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
+		"--leader-elect=false",
+		"--v=1")
+	if err != nil {
+		return err
+	}
+	n.scheduler = p
+	return nil
+}
+
+func (n *Node) waitReady(ctx context.Context) error {
+	return n.kubelet.waitFor(ctx, "node "+NodeName+" Ready", func(ctx context.Context) error {
+		node, err := n.bed.Kube.CoreV1().Nodes().Get(ctx, NodeName, getOpts)
+		if err != nil {
+			return err
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				if c.Status == corev1.ConditionTrue {
+					return nil
+				}
+				return fmt.Errorf("node %s: %s: %s", NodeName, c.Reason, c.Message)
+			}
+		}
+		return fmt.Errorf("node %s: %w", NodeName, errNotReady)
+	})
+}
+
+// stopNode takes the node down so that nothing is left behind: workloads'
+// pods first (their volumes unpublished by a driver that still runs), then
+// DaemonSet pods, then the kubelet, every container task, containerd and the
+// shims, and last every mount below the node's directory.
+func (b *Bed) stopNode() {
+	n := b.Node
+	if n == nil {
+		return
+	}
+	if n.kubelet != nil && n.kubelet.PID() != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		if err := n.deletePods(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "test bed: node: %v\n", err)
+		}
+		cancel()
+		n.kubelet.Stop(syscall.SIGTERM, 30*time.Second)
+	}
+	if n.scheduler != nil {
+		n.scheduler.Stop(syscall.SIGTERM, 10*time.Second)
+	}
+	if n.containerd != nil && n.containerd.PID() != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		n.killTasks(ctx)
+		cancel()
+		n.containerd.Stop(syscall.SIGTERM, 20*time.Second)
+	}
+	n.killShims()
+	if err := unmountUnder(n.Dir); err != nil {
+		fmt.Fprintf(os.Stderr, "test bed: node: %v\n", err)
+	}
+	if n.bindMount {
+		if err := unix.Unmount(n.Dir, unix.MNT_DETACH); err != nil {
+			fmt.Fprintf(os.Stderr, "test bed: node: unmount %s: %v\n", n.Dir, err)
+		}
+	}
+	removeCgroups()
+	b.Node = nil
+}
+
+// deletePods deletes the pods of workloads, waits for the kubelet to have
+// stopped them, then does the same for DaemonSet pods.
+func (n *Node) deletePods(ctx context.Context) error {
+	kube := n.bed.Kube
+	list := func(ctx context.Context) ([]corev1.Pod, error) {
+		pods, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + NodeName})
+		if err != nil {
+			return nil, err
+		}
+		return pods.Items, nil
+	}
+	ownedByDaemonSet := func(p *corev1.Pod) bool {
+		for _, o := range p.OwnerReferences {
+			if o.Kind == "DaemonSet" {
+				return true
+			}
+		}
+		return false
+	}
+	// No controller may bring them back meanwhile.
+	nss, err := kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list namespaces: %w", err)
+	}
+	bg := metav1.DeletePropagationBackground
+	for _, ns := range nss.Items {
+		apps := kube.AppsV1()
+		_ = apps.Deployments(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+		_ = apps.ReplicaSets(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+		_ = apps.StatefulSets(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+	}
+	for _, daemons := range []bool{false, true} {
+		if daemons {
+			for _, ns := range nss.Items {
+				_ = kube.AppsV1().DaemonSets(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+			}
+		}
+		grace := int64(5)
+		err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			pods, err := list(ctx)
+			if err != nil {
+				return false, nil
+			}
+			left := 0
+			for i := range pods {
+				p := &pods[i]
+				if ownedByDaemonSet(p) && !daemons {
+					continue
+				}
+				left++
+				if p.DeletionTimestamp == nil {
+					_ = kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+				}
+			}
+			return left == 0, nil
+		})
+		if err != nil {
+			return fmt.Errorf("pods still on node %s: %w", NodeName, err)
+		}
+	}
+	return nil
+}
+
+// killTasks kills and deletes every container task, so no container process
+// outlives containerd (their shims are not its children).
+func (n *Node) killTasks(ctx context.Context) {
+	out, err := n.ctr(ctx, "tasks", "list", "--quiet")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "test bed: node: %v\n", err)
+		return
+	}
+	for _, id := range strings.Fields(out) {
+		_, _ = n.ctr(ctx, "tasks", "kill", "--signal", "SIGKILL", id)
+	}
+	for _, id := range strings.Fields(out) {
+		_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := n.ctr(ctx, "tasks", "delete", id)
+			return err == nil, nil
+		})
+	}
+}
+
+// killShims kills what is left of this node's containers and containerd
+// shims (found by the containerd address on their command line).
+func (n *Node) killShims() {
+	killPodProcesses()
+	killMatching("containerd-shim", n.ContainerdSocket)
+}
+
+// removeCgroups removes the kubelet's pod cgroups (empty once every
+// container is gone), deepest first, in every cgroup v1 hierarchy.
+func removeCgroups() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || !strings.HasPrefix(fields[4], "/sys/fs/cgroup/") {
+			continue
+		}
+		root := filepath.Join(fields[4], "kubepods")
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintf(os.Stderr, "test bed: node: remove cgroup %s: %v\n", dirs[i], err)
+			}
+		}
+	}
+}
+
+// sweepStaleNodes cleans up after beds whose test binary was killed before it
+// could stop its node (their kubelet and containerd died with it, but
+// container processes, shims and mounts outlive them). A node of another bed
+// that still runs is an error: one kubelet per machine.
+func sweepStaleNodes(tmp string) error {
+	beds, err := filepath.Glob(filepath.Join(tmp, "svid-bed-*", "node"))
+	if err != nil {
+		return err
+	}
+	for _, dir := range beds {
+		if pid := findProcess("--root-dir=" + filepath.Join(dir, "kubelet")); pid != 0 {
+			return fmt.Errorf("another test bed's kubelet runs (pid %d, %s): one node per machine", pid, dir)
+		}
+	}
+	killPodProcesses()
+	for _, dir := range beds {
+		killMatching("containerd-shim", filepath.Join(dir, "containerd", "containerd.sock"))
+		if err := unmountUnder(dir); err != nil {
+			return fmt.Errorf("clean up %s: %w", dir, err)
+		}
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
+			return fmt.Errorf("clean up %s: %w", dir, err)
+		}
+		fmt.Fprintf(os.Stderr, "test bed: removed the node a killed bed left in %s\n", dir)
+	}
+	removeCgroups()
+	return nil
+}
+
+// findProcess returns the pid of a process whose command line contains
+// every one of parts, or 0.
+func findProcess(parts ...string) int {
+	pids := matchingProcesses(parts...)
+	if len(pids) == 0 {
+		return 0
+	}
+	return pids[0]
+}
+
+func killMatching(parts ...string) {
+	for _, pid := range matchingProcesses(parts...) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func matchingProcesses(parts ...string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		line := strings.ReplaceAll(string(cmdline), "\x00", " ")
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// killPodProcesses kills every process in the kubelet's pod cgroups.
+func killPodProcesses() {
+	_ = filepath.WalkDir("/sys/fs/cgroup/pids/kubepods", func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		return nil
+	})
+}
