@@ -28,7 +28,7 @@ test: verify test-unit test-integration
 test-unit:
 	$(GO) test -count=1 ./...
 
-## test-integration: the real control plane (etcd, kube-apiserver, cert-manager) and our binaries
+## test-integration: the real control plane, the real node and our binaries (as root)
 test-integration: deps bin
 	$(GO) test -count=1 -tags integration -timeout 40m -p 1 $(INTEGRATION_PKGS)
 
@@ -65,9 +65,13 @@ deps:
 	if [ -n "$$missing" ]; then echo "installing$$missing (Debian)"; apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
-## up: run the control plane locally until Ctrl-C (prints a kubeconfig)
+## up: the product on a local node until Ctrl-C: the control plane and a real
+## node on loopback, overlays/example applied, an example app, each pod's SVID
+## printed (as root)
 up: deps bin
-	$(GO) run ./hack/bed
+	@echo "building the demo (hack/bed)"
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/svid-csi-bed ./hack/bed
+	$(BIN)/svid-csi-bed
 
 clean:
 	rm -rf $(BIN)

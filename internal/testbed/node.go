@@ -286,6 +286,17 @@ func (n *Node) RestartKubelet(ctx context.Context) error {
 	return n.waitReady(ctx)
 }
 
+// KillContainer sends SIGKILL to a container's task, as a crash would: the
+// kubelet restarts it. containerID is a pod status's "containerd://<id>".
+func (n *Node) KillContainer(ctx context.Context, containerID string) error {
+	id, ok := strings.CutPrefix(containerID, "containerd://")
+	if !ok {
+		return fmt.Errorf("container ID %q: not a containerd one", containerID)
+	}
+	_, err := n.ctr(ctx, "tasks", "kill", "--signal", "SIGKILL", id)
+	return err
+}
+
 func (n *Node) startScheduler(ctx context.Context) error {
 	b := n.bed
 	port, err := FreePort()
@@ -420,7 +431,14 @@ func (n *Node) deletePods(ctx context.Context) error {
 			return left == 0, nil
 		})
 		if err != nil {
-			return fmt.Errorf("pods still on node %s: %w", NodeName, err)
+			lctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			pods, _ := list(lctx)
+			cancel()
+			var left []string
+			for _, p := range pods {
+				left = append(left, fmt.Sprintf("%s/%s (%s, deleting since %v)", p.Namespace, p.Name, p.Status.Phase, p.DeletionTimestamp))
+			}
+			return fmt.Errorf("pods still on node %s: %w: %s", NodeName, err, strings.Join(left, ", "))
 		}
 	}
 	return nil

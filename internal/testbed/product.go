@@ -26,6 +26,10 @@ const (
 	productFieldOwner = "svid-csi-testbed"
 )
 
+// ExampleCertificateDuration is the SVID lifetime the bed installs the
+// example with: short, so that renewals happen within a test (and the demo).
+const ExampleCertificateDuration = 2 * time.Minute
+
 // Product is the example overlay as installed on the bed's node.
 type Product struct {
 	// Kustomization is the directory of the bed's kustomization: the shipped
@@ -122,13 +126,14 @@ configMapGenerator:
     behavior: merge
     literals:
       - KUBELET_ROOT_DIR=%[5]s
+      - CERTIFICATE_REQUEST_DURATION=%[8]s
   - name: svid-csi-testbed
     namespace: %[4]s
     literals:
       - KUBERNETES_SERVICE_HOST=127.0.0.1
       - KUBERNETES_SERVICE_PORT=%[6]d
       - DATA_ROOT=%[7]s
-`, paths[0], paths[1], paths[2], CertManagerNamespace, b.Node.KubeletRootDir, b.apiPort, b.Node.DataRoot())
+`, paths[0], paths[1], paths[2], CertManagerNamespace, b.Node.KubeletRootDir, b.apiPort, b.Node.DataRoot(), ExampleCertificateDuration)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return "", fmt.Errorf("write %s/kustomization.yaml: %w", dir, err)
 	}

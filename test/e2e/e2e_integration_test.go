@@ -143,7 +143,7 @@ func TestFSGroup(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			pod := createPod(ctx, t, ns, c.name, svidPodSpec("app", c.attrs, c.sc))
+			pod := createPod(ctx, t, ns, c.name, svidPodSpec(c.attrs, c.sc))
 			out, err := bed.Exec(ctx, ns, pod.Name, "app", "/bin/stat", "-L", "-c", "%g %a", mountPath+"/tls.key")
 			if err != nil {
 				t.Fatal(err)
@@ -173,7 +173,7 @@ func TestPodDeletionLeavesNothing(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	ns := workloadNamespace(ctx, t, "e2e-delete")
 	before := stateFiles(t)
-	pod := createPod(ctx, t, ns, "app", svidPodSpec("app", nil, nil))
+	pod := createPod(ctx, t, ns, "app", svidPodSpec(nil, nil))
 	readSVID(ctx, t, pod)
 	podDir := filepath.Join(bed.Node.KubeletRootDir, "pods", string(pod.UID))
 	if n := len(mountsUnder(t, podDir)); n == 0 {
