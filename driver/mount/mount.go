@@ -1,6 +1,8 @@
 // Package mount puts a size-limited tmpfs at a volume's target path and takes
-// it away again; the real implementation uses k8s.io/mount-utils, tests use
-// its FakeMounter.
+// it away again. The real implementation calls mount(2) and umount(2) through
+// golang.org/x/sys/unix (the image has no mount(8)) and uses k8s.io/mount-utils
+// only to detect mount points; tests use mount-utils' FakeMounter, which
+// records mounts without touching the host.
 package mount
 
 import (
@@ -9,12 +11,21 @@ import (
 	"io/fs"
 	"os"
 
+	"golang.org/x/sys/unix"
 	mountutils "k8s.io/mount-utils"
 )
 
 // DefaultSize is the size limit of each volume's tmpfs: a certificate chain
 // and a key need a few KiB; the limit only stops a runaway writer.
 const DefaultSize = "4m"
+
+// tmpfsFlags are the mount flags of every volume: nothing on it may be a
+// set-uid program, a device node or an executable.
+const tmpfsFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+
+// maxLayers bounds Cleanup's unmount loop: a crash between two mounts may
+// have stacked a few tmpfs layers, never more than this.
+const maxLayers = 8
 
 // Interface is the seam between the node service and the host's mount table.
 type Interface interface {
@@ -24,24 +35,85 @@ type Interface interface {
 	MountTmpfs(target string) (created bool, err error)
 	// IsMounted reports whether path is a mount point; a missing path is not.
 	IsMounted(path string) (bool, error)
-	// Cleanup unmounts path if it is mounted and removes the directory; a
-	// missing path is not an error.
+	// Cleanup unmounts path (every stacked layer) if it is mounted and
+	// removes the directory; a missing path is not an error.
 	Cleanup(path string) error
 }
 
-// Mounter implements Interface over a mount-utils Interface.
+// Mounter implements Interface; New and NewFake differ only in how they mount
+// and unmount.
 type Mounter struct {
-	m    mountutils.Interface
-	size string
+	checker mountPointChecker
+	data    string               // tmpfs options: "size=4m,mode=0755"
+	mount   func(target, data string) error
+	unmount func(target string) error
 }
 
 var _ Interface = (*Mounter)(nil)
 
-// New returns the real mounter, which execs mount(8) and umount(8).
-func New() *Mounter { return &Mounter{m: mountutils.New(""), size: DefaultSize} }
+// mountPointChecker is the one part of mount-utils the real mounter uses.
+type mountPointChecker interface {
+	IsLikelyNotMountPoint(path string) (bool, error)
+}
 
-// NewFake returns a mounter that records mounts without touching the host.
-func NewFake() *Mounter { return &Mounter{m: mountutils.NewFakeMounter(nil), size: DefaultSize} }
+// New returns the real mounter: mount(2) and umount(2), no external command.
+func New() *Mounter {
+	return &Mounter{
+		// The zero mount-utils Mounter: its IsLikelyNotMountPoint only calls
+		// statx(2). mountutils.New would exec umount(8) to probe its behaviour.
+		checker: &mountutils.Mounter{},
+		data:    tmpfsData(DefaultSize),
+		mount:   sysMount,
+		unmount: sysUnmount,
+	}
+}
+
+// NewFake returns a mounter that records mounts in a mount-utils
+// FakeMounter without touching the host.
+func NewFake() *Mounter {
+	fm := mountutils.NewFakeMounter(nil)
+	return &Mounter{
+		checker: fm,
+		data:    tmpfsData(DefaultSize),
+		mount: func(target, data string) error {
+			return fm.Mount("tmpfs", target, "tmpfs", []string{data, "nosuid", "nodev", "noexec"})
+		},
+		unmount: fm.Unmount,
+	}
+}
+
+func tmpfsData(size string) string { return "size=" + size + ",mode=0755" }
+
+// sysMount mounts a tmpfs at target, retrying if a signal interrupts it.
+func sysMount(target, data string) error {
+	for {
+		err := unix.Mount("tmpfs", target, "tmpfs", tmpfsFlags, data)
+		if !errors.Is(err, unix.EINTR) {
+			return errnoContext(err)
+		}
+	}
+}
+
+// sysUnmount unmounts the top layer at target (not lazily: a busy mount fails
+// and is retried by the caller's next call), retrying on EINTR.
+func sysUnmount(target string) error {
+	for {
+		err := unix.Unmount(target, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return errnoContext(err)
+		}
+	}
+}
+
+// errnoContext prefixes an errno's symbolic name ("EPERM: operation not
+// permitted"), keeping it in the chain for errors.Is.
+func errnoContext(err error) error {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return fmt.Errorf("%s: %w", unix.ErrnoName(errno), err)
+	}
+	return err
+}
 
 // MountTmpfs implements Interface.
 func (m *Mounter) MountTmpfs(target string) (bool, error) {
@@ -55,16 +127,15 @@ func (m *Mounter) MountTmpfs(target string) (bool, error) {
 	if mounted {
 		return false, nil
 	}
-	opts := []string{"size=" + m.size, "mode=0755", "nosuid", "nodev", "noexec"}
-	if err := m.m.Mount("tmpfs", target, "tmpfs", opts); err != nil {
-		return false, fmt.Errorf("mount tmpfs at %s: %w", target, err)
+	if err := m.mount(target, m.data); err != nil {
+		return false, fmt.Errorf("mount tmpfs (%s) at %s: %w", m.data, target, err)
 	}
 	return true, nil
 }
 
 // IsMounted implements Interface.
 func (m *Mounter) IsMounted(path string) (bool, error) {
-	notMnt, err := m.m.IsLikelyNotMountPoint(path)
+	notMnt, err := m.checker.IsLikelyNotMountPoint(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -80,7 +151,7 @@ func (m *Mounter) Cleanup(path string) error {
 		return nil
 	}
 	// Unmount every layer: a crash between two mounts may have stacked them.
-	for range 4 {
+	for i := 0; ; i++ {
 		mounted, err := m.IsMounted(path)
 		if err != nil {
 			return err
@@ -88,7 +159,10 @@ func (m *Mounter) Cleanup(path string) error {
 		if !mounted {
 			break
 		}
-		if err := m.m.Unmount(path); err != nil {
+		if i == maxLayers {
+			return fmt.Errorf("unmount %s: still mounted after %d unmounts", path, maxLayers)
+		}
+		if err := m.unmount(path); err != nil {
 			return fmt.Errorf("unmount %s: %w", path, err)
 		}
 	}

@@ -3,19 +3,80 @@ package mount
 import (
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
-// TestRealTmpfs mounts a real tmpfs; it needs root (the driver runs as root).
-func TestRealTmpfs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+// mountInfo is one /proc/self/mountinfo line at a mount point.
+type mountInfo struct {
+	opts      []string // per-mount options: rw,nosuid,nodev,...
+	fsType    string
+	superOpts []string // filesystem options: size=4096k,mode=755,...
+}
+
+// mountsAt returns the mountinfo entries at path, bottom layer first.
+func mountsAt(t *testing.T, path string) []mountInfo {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
 	}
+	var out []mountInfo
+	for line := range strings.Lines(string(raw)) {
+		// ID parent maj:min root mountpoint opts [optional...] - fstype source superopts
+		pre, post, ok := strings.Cut(strings.TrimSpace(line), " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 6 || len(g) < 3 || f[4] != path {
+			continue
+		}
+		out = append(out, mountInfo{opts: strings.Split(f[5], ","), fsType: g[0], superOpts: strings.Split(g[2], ",")})
+	}
+	return out
+}
+
+// needRoot skips when not root: mount(2) needs CAP_SYS_ADMIN. CI and the
+// driver run as root, so there this test always runs.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("not root: the real mounter calls mount(2), which needs CAP_SYS_ADMIN; run as root (CI does)")
+	}
+}
+
+// TestRealTmpfs mounts a real tmpfs through mount(2).
+func TestRealTmpfs(t *testing.T) {
+	needRoot(t)
 	target := filepath.Join(t.TempDir(), "pods", "uid", "mount")
+	t.Cleanup(func() { forceUnmount(target) })
 	m := New()
-	for range 2 { // idempotent
-		if _, err := m.MountTmpfs(target); err != nil {
-			t.Fatal(err)
+
+	created, err := m.MountTmpfs(target)
+	if err != nil || !created {
+		t.Fatalf("first MountTmpfs = %v, %v; want true, nil", created, err)
+	}
+	// A second call finds the mount and stacks nothing.
+	created, err = m.MountTmpfs(target)
+	if err != nil || created {
+		t.Fatalf("second MountTmpfs = %v, %v; want false, nil", created, err)
+	}
+	mi := mountsAt(t, target)
+	if len(mi) != 1 {
+		t.Fatalf("%d mounts at %s, want 1: %+v", len(mi), target, mi)
+	}
+	if mi[0].fsType != "tmpfs" {
+		t.Errorf("fstype %q, want tmpfs", mi[0].fsType)
+	}
+	for _, o := range []string{"nosuid", "nodev", "noexec"} {
+		if !slices.Contains(mi[0].opts, o) {
+			t.Errorf("mount options %v lack %s", mi[0].opts, o)
+		}
+	}
+	for _, o := range []string{"size=4096k", "mode=755"} { // the kernel's spelling of size=4m,mode=0755
+		if !slices.Contains(mi[0].superOpts, o) {
+			t.Errorf("tmpfs options %v lack %s", mi[0].superOpts, o)
 		}
 	}
 	if ok, err := m.IsMounted(target); err != nil || !ok {
@@ -28,6 +89,7 @@ func TestRealTmpfs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(target, "big"), make([]byte, 5<<20), 0o400); err == nil {
 		t.Error("wrote 5 MiB into a 4 MiB tmpfs")
 	}
+
 	for range 2 { // idempotent
 		if err := m.Cleanup(target); err != nil {
 			t.Fatal(err)
@@ -36,16 +98,83 @@ func TestRealTmpfs(t *testing.T) {
 	if _, err := os.Lstat(target); !os.IsNotExist(err) {
 		t.Errorf("target left: %v", err)
 	}
+	if mi := mountsAt(t, target); len(mi) != 0 {
+		t.Errorf("still mounted: %+v", mi)
+	}
 	if ok, _ := m.IsMounted(target); ok {
-		t.Error("still mounted")
+		t.Error("IsMounted true after Cleanup")
+	}
+}
+
+// TestRealCleanupStacked unmounts every layer a crash between two mounts may
+// have stacked, then removes the directory.
+func TestRealCleanupStacked(t *testing.T) {
+	needRoot(t)
+	target := filepath.Join(t.TempDir(), "mount")
+	t.Cleanup(func() { forceUnmount(target) })
+	m := New()
+	if _, err := m.MountTmpfs(target); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // what MountTmpfs never does: mount over a mount
+		if err := sysMount(target, tmpfsData(DefaultSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(mountsAt(t, target)); n != 3 {
+		t.Fatalf("%d layers at %s, want 3", n, target)
+	}
+	if err := m.Cleanup(target); err != nil {
+		t.Fatal(err)
+	}
+	if mi := mountsAt(t, target); len(mi) != 0 {
+		t.Errorf("layers left: %+v", mi)
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Errorf("target left: %v", err)
+	}
+}
+
+func TestCleanupMissing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no", "such", "mount")
+	for name, m := range map[string]*Mounter{"real": New(), "fake": NewFake()} {
+		if err := m.Cleanup(missing); err != nil {
+			t.Errorf("%s: Cleanup(missing) = %v", name, err)
+		}
+		if ok, err := m.IsMounted(missing); ok || err != nil {
+			t.Errorf("%s: IsMounted(missing) = %v, %v", name, ok, err)
+		}
+	}
+}
+
+// TestRealMountError checks a failed mount(2) names the target and errno.
+func TestRealMountError(t *testing.T) {
+	needRoot(t)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := sysMount(file+"/x", tmpfsData(DefaultSize)) // a path under a regular file
+	if err == nil {
+		t.Fatal("mount under a file succeeded")
+	}
+	if got := err.Error(); !strings.HasPrefix(got, "ENOTDIR: ") {
+		t.Errorf("error %q lacks the errno name", got)
+	}
+	m := New()
+	if _, err := m.MountTmpfs(file); err == nil || !strings.Contains(err.Error(), file) {
+		t.Errorf("MountTmpfs(file) = %v, want an error naming %s", err, file)
 	}
 }
 
 func TestFake(t *testing.T) {
 	target := filepath.Join(t.TempDir(), "mount")
 	m := NewFake()
-	if _, err := m.MountTmpfs(target); err != nil {
-		t.Fatal(err)
+	for i, want := range []bool{true, false} {
+		created, err := m.MountTmpfs(target)
+		if err != nil || created != want {
+			t.Fatalf("MountTmpfs #%d = %v, %v; want %v", i+1, created, err, want)
+		}
 	}
 	if ok, _ := m.IsMounted(target); !ok {
 		t.Fatal("fake mount not recorded")
@@ -55,5 +184,18 @@ func TestFake(t *testing.T) {
 	}
 	if ok, _ := m.IsMounted(target); ok {
 		t.Fatal("fake unmount not recorded")
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Errorf("target left: %v", err)
+	}
+}
+
+// forceUnmount leaves no mount behind when a test fails half-way (t.TempDir's
+// removal would fail on it).
+func forceUnmount(path string) {
+	for range maxLayers {
+		if unix.Unmount(path, unix.MNT_DETACH) != nil {
+			return
+		}
 	}
 }
