@@ -121,6 +121,13 @@ func TestDeniedRequestInPodEvents(t *testing.T) {
 	if len(crs.Items) != 0 {
 		t.Errorf("%d CertificateRequests left after the denial, want 0", len(crs.Items))
 	}
+	// A pod whose volume never mounted still goes away when deleted.
+	if err := bed.Kube.CoreV1().Pods(ns).Delete(ctx, "app", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNoPods(ctx, ns); err != nil {
+		t.Errorf("%v\nevents:\n%s", err, bed.PodEvents(ctx, ns, "app"))
+	}
 }
 
 // setDriverDuration gives the driver a literal --certificate-request-duration
