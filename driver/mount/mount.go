@@ -44,7 +44,7 @@ type Interface interface {
 // and unmount.
 type Mounter struct {
 	checker mountPointChecker
-	data    string               // tmpfs options: "size=4m,mode=0755"
+	data    string // tmpfs options: "size=4m,mode=0755"
 	mount   func(target, data string) error
 	unmount func(target string) error
 }

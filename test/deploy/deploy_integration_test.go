@@ -519,8 +519,6 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 	}
 }
 
-
-
 func newCSR(t testing.TB, id string) []byte {
 	t.Helper()
 	_, csr, err := testbed.NewCSR([]string{id}, nil)
