@@ -18,7 +18,7 @@ UPSTREAM := $(addprefix $(BIN)/,$(KUBE_BINS)) $(BIN)/cert-manager-controller $(B
 INTEGRATION_PKGS := ./internal/testbed/... ./driver/ ./test/...
 OURS := $(BIN)/svid-csi-approver $(BIN)/svid-csi-driver
 
-.PHONY: all test test-unit test-integration verify bin deps up clean bench
+.PHONY: all test test-unit test-integration verify bin deps up clean bench images
 all: bin
 
 ## test: everything CI runs (checks, unit tests, integration tests on the test bed)
@@ -79,3 +79,7 @@ clean:
 ## bench: the benchmarks on the test bed (each prints a table row per case)
 bench: deps bin
 	$(GO) test -count=1 -tags integration -run XXX -bench . -benchtime=1x -timeout 60m -p 1 $(INTEGRATION_PKGS)
+
+## images: both images as OCI tarballs in bin/images (no Docker: internal/ociimage)
+images: $(OURS)
+	$(GO) run ./hack/images -bin $(BIN) -out $(BIN)/images -tag $(VERSION)

@@ -104,27 +104,35 @@ func Start(ctx context.Context, opts Options) (bed *Bed, err error) {
 			b.Stop()
 		}
 	}()
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
+	steps := []step{
 		{"etcd and kube-apiserver", b.startAPIServer},
 		{"kube-controller-manager", b.startControllerManager},
 		{"cert-manager", b.startCertManager},
 		{"CA ClusterIssuer", b.createClusterIssuer},
 	}
 	if opts.Node {
-		steps = append(steps, struct {
-			name string
-			run  func(context.Context) error
-		}{"node", b.startNode})
+		steps = append(steps, step{"node", b.startNode})
 	}
-	for _, s := range steps {
-		if err := s.run(ctx); err != nil {
-			return nil, fmt.Errorf("start test bed: %s: %w", s.name, err)
-		}
+	if err := runSteps(ctx, steps); err != nil {
+		return nil, fmt.Errorf("start test bed: %w", err)
 	}
 	return b, nil
+}
+
+// step is one stage of bringing something up.
+type step struct {
+	name string
+	run  func(context.Context) error
+}
+
+// runSteps runs steps in order and stops at the first error, named.
+func runSteps(ctx context.Context, steps []step) error {
+	for _, s := range steps {
+		if err := s.run(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
 }
 
 // Stop stops every process (newest first) and removes the bed's directory if

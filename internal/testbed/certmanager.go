@@ -233,15 +233,20 @@ func (b *Bed) createClusterIssuer(ctx context.Context) error {
 	}
 	controller := b.procs[len(b.procs)-1]
 	return controller.waitFor(ctx, "ClusterIssuer Ready", func(ctx context.Context) error {
-		ci, err := b.CertManager.CertmanagerV1().ClusterIssuers().Get(ctx, ClusterIssuerName, getOpts)
-		if err != nil {
-			return err
-		}
-		for _, c := range ci.Status.Conditions {
-			if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
-				return nil
-			}
-		}
-		return fmt.Errorf("ClusterIssuer %s: %w", ClusterIssuerName, errNotReady)
+		return b.clusterIssuerReady(ctx, ClusterIssuerName)
 	})
+}
+
+// clusterIssuerReady is nil once cert-manager says the ClusterIssuer is Ready.
+func (b *Bed) clusterIssuerReady(ctx context.Context, name string) error {
+	ci, err := b.CertManager.CertmanagerV1().ClusterIssuers().Get(ctx, name, getOpts)
+	if err != nil {
+		return err
+	}
+	for _, c := range ci.Status.Conditions {
+		if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
+			return nil
+		}
+	}
+	return fmt.Errorf("ClusterIssuer %s: %w (%+v)", name, errNotReady, ci.Status.Conditions)
 }

@@ -1,119 +1,48 @@
 package testbed
 
 import (
-	"archive/tar"
-	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"runtime"
-	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/svid-csi/svid-csi/internal/ociimage"
 )
 
-// nodeImageRefs are the references of the images the bed builds.
+// imageTag is the tag of the images the bed builds from bin/ (the bed's
+// kustomize component sets it).
+const imageTag = "testbed"
+
+// toolsImage is a static busybox: the pod sandboxes' "pause" image and the
+// bed's workloads' image.
+const toolsImage = "svid-csi.test/tools:" + imageTag
+
+// nodeImageRefs are the references of this project's images on the node.
 type nodeImageRefs struct{ Driver, Approver string }
 
-// TEMPORARY until internal/ociimage lands.
+// buildNodeImages writes the node's image tarballs into outDir: this
+// project's two images exactly as `make images` builds them, and the tools
+// image.
 func buildNodeImages(binDir, outDir string) ([]string, nodeImageRefs, error) {
-	refs := nodeImageRefs{Driver: "ghcr.io/svid-csi/svid-csi-driver:testbed", Approver: "ghcr.io/svid-csi/svid-csi-approver:testbed"}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
+	driver, approver := ociimage.DriverSpec(binDir, imageTag), ociimage.ApproverSpec(binDir, imageTag)
+	refs := nodeImageRefs{Driver: driver.Ref, Approver: approver.Ref}
+	const busybox = "/bin/busybox"
+	if _, err := os.Stat(busybox); err != nil {
 		return nil, refs, fmt.Errorf("the tools image needs Debian's busybox-static (make deps): %w", err)
 	}
-	type file struct {
-		path string
-		data []byte
-		link string
+	tools := ociimage.Spec{
+		Ref:        toolsImage,
+		Entrypoint: []string{"/bin/sleep", "2147483647"},
+		Env:        []string{"PATH=/bin"},
+		Files:      []ociimage.File{{Path: "/bin/busybox", Mode: 0o755, Source: busybox}},
 	}
-	build := func(ref string, files []file, entry []string, user string) (string, error) {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		dirs := map[string]bool{}
-		for _, f := range files {
-			for d := filepath.Dir(f.path); d != "." && d != "/" && !dirs[d]; d = filepath.Dir(d) {
-				dirs[d] = true
-				if err := tw.WriteHeader(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
-					return "", err
-				}
-			}
-			h := &tar.Header{Name: f.path, Mode: 0o755, ModTime: time.Unix(0, 0)}
-			if f.link != "" {
-				h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, f.link, 0o777
-			} else {
-				h.Typeflag, h.Size = tar.TypeReg, int64(len(f.data))
-			}
-			if err := tw.WriteHeader(h); err != nil {
-				return "", err
-			}
-			if _, err := tw.Write(f.data); err != nil {
-				return "", err
-			}
-		}
-		if err := tw.Close(); err != nil {
-			return "", err
-		}
-		data := buf.Bytes()
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-		if err != nil {
-			return "", err
-		}
-		img, err := mutate.AppendLayers(empty.Image, layer)
-		if err != nil {
-			return "", err
-		}
-		cf, err := img.ConfigFile()
-		if err != nil {
-			return "", err
-		}
-		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = "linux", runtime.GOARCH
-		cf.Config = v1.Config{Entrypoint: entry, User: user, Env: []string{"PATH=/bin"}}
-		if img, err = mutate.ConfigFile(img, cf); err != nil {
-			return "", err
-		}
-		tag, err := name.NewTag(ref)
-		if err != nil {
-			return "", err
-		}
-		out := filepath.Join(outDir, filepath.Base(tag.RepositoryStr())+".tar")
-		return out, tarball.WriteToFile(out, tag, img)
+	for _, applet := range []string{"sh", "cat", "sleep", "ls", "stat", "id"} {
+		tools.Files = append(tools.Files, ociimage.File{Path: "/bin/" + applet, Mode: os.ModeSymlink, Link: "busybox"})
 	}
 	var tars []string
-	tools := []file{{path: "bin/busybox", data: bb}}
-	for _, l := range []string{"sh", "cat", "sleep", "ls", "stat", "id"} {
-		tools = append(tools, file{path: "bin/" + l, link: "busybox"})
-	}
-	for _, im := range []struct {
-		ref   string
-		files []file
-		entry []string
-		user  string
-	}{
-		{"svid-csi.test/tools:testbed", tools, []string{"/bin/sleep", "2147483647"}, ""},
-	} {
-		out, err := build(im.ref, im.files, im.entry, im.user)
-		if err != nil {
-			return nil, refs, fmt.Errorf("build image %s: %w", im.ref, err)
-		}
-		tars = append(tars, out)
-	}
-	for _, im := range []struct{ ref, bin, user string }{
-		{refs.Driver, "svid-csi-driver", "0:0"}, {refs.Approver, "svid-csi-approver", "65532:65532"},
-	} {
-		data, err := os.ReadFile(filepath.Join(binDir, im.bin))
-		if err != nil {
-			return nil, refs, fmt.Errorf("image %s: %w (make bin)", im.ref, err)
-		}
-		out, err := build(im.ref, []file{{path: im.bin, data: data}}, []string{"/" + im.bin}, im.user)
-		if err != nil {
-			return nil, refs, fmt.Errorf("build image %s: %w", im.ref, err)
+	for _, spec := range []ociimage.Spec{tools, driver, approver} {
+		out := filepath.Join(outDir, filepath.Base(spec.Files[0].Path)+".tar")
+		if err := ociimage.WriteTarball(spec, out); err != nil {
+			return nil, refs, fmt.Errorf("%w (make bin builds this project's binaries)", err)
 		}
 		tars = append(tars, out)
 	}

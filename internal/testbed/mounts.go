@@ -10,13 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// unmountUnder detaches every mount below dir, deepest first: what a driver
-// under test left mounted (a benchmark's volumes, a test that failed before
-// its unpublish) must not outlive the bed.
-func unmountUnder(dir string) error {
+// MountsUnder lists the mount points below dir, from /proc/self/mountinfo.
+func MountsUnder(dir string) ([]string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return fmt.Errorf("read mounts: %w", err)
+		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	defer f.Close()
 	var points []string
@@ -28,7 +26,18 @@ func unmountUnder(dir string) error {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read mounts: %w", err)
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return points, nil
+}
+
+// unmountUnder detaches every mount below dir, deepest first: what a driver
+// under test left mounted (a benchmark's volumes, a test that failed before
+// its unpublish) must not outlive the bed.
+func unmountUnder(dir string) error {
+	points, err := MountsUnder(dir)
+	if err != nil {
+		return err
 	}
 	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
 	for _, p := range points {

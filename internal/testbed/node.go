@@ -75,22 +75,13 @@ func (b *Bed) startNode(ctx context.Context) error {
 	if err := n.makeShared(); err != nil {
 		return err
 	}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
+	return runSteps(ctx, []step{
 		{"containerd", n.startContainerd},
 		{"images", n.importImages},
 		{"kubelet", n.startKubelet},
 		{"kube-scheduler", n.startScheduler},
 		{"node Ready", n.waitReady},
-	}
-	for _, s := range steps {
-		if err := s.run(ctx); err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
-		}
-	}
-	return nil
+	})
 }
 
 // makeShared bind-mounts the node's directory onto itself and makes it a
@@ -116,7 +107,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	dir := filepath.Join(n.Dir, "containerd")
 	// The pod sandboxes run the tools image (busybox sleep): there is no
 	// registry to pull registry.k8s.io/pause from.
-	n.Images.Tools = "svid-csi.test/tools:testbed"
+	n.Images.Tools = toolsImage
 	config := fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q

@@ -188,16 +188,7 @@ func Decided(cr *cmapi.CertificateRequest) *cmapi.CertificateRequestCondition {
 // Ready.
 func (b *Bed) WaitClusterIssuerReady(ctx context.Context, name string) error {
 	return pollUntil(ctx, 2*time.Minute, "ClusterIssuer "+name+" Ready", func(ctx context.Context) error {
-		ci, err := b.CertManager.CertmanagerV1().ClusterIssuers().Get(ctx, name, getOpts)
-		if err != nil {
-			return err
-		}
-		for _, c := range ci.Status.Conditions {
-			if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
-				return nil
-			}
-		}
-		return fmt.Errorf("ClusterIssuer %s: %w (%+v)", name, errNotReady, ci.Status.Conditions)
+		return b.clusterIssuerReady(ctx, name)
 	})
 }
 

@@ -3,7 +3,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"path/filepath"
@@ -114,13 +113,7 @@ func TestDeploymentOneSVIDPerPod(t *testing.T) {
 		serials[s.leaf.SerialNumber.String()], keys[s.keyPEM] = pods[i].Name, pods[i].Name
 	}
 	// The driver deletes each request once its files are written.
-	crs, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(crs.Items) != 0 {
-		t.Errorf("%d CertificateRequests left in %s, want 0", len(crs.Items), ns)
-	}
+	noRequestsLeft(ctx, t, ns)
 }
 
 // fs-group both ways: the pod's fsGroup (volume_mount_group) and the volume
@@ -201,13 +194,7 @@ func TestPodDeletionLeavesNothing(t *testing.T) {
 	if after := stateFiles(t); len(after) != len(before) {
 		t.Errorf("driver state files: %d before the pod, %d after it, want the same", len(before), len(after))
 	}
-	crs, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(crs.Items) != 0 {
-		t.Errorf("%d CertificateRequests left in %s, want 0", len(crs.Items), ns)
-	}
+	noRequestsLeft(ctx, t, ns)
 }
 
 // A kubelet restart does not multiply mounts (spiffe-csi once turned 13 pods
@@ -239,23 +226,13 @@ func TestKubeletRestartKeepsMounts(t *testing.T) {
 	}
 }
 
-// mountsUnder lists the host's mount points below dir.
 func mountsUnder(t testing.TB, dir string) []string {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
+	points, err := testbed.MountsUnder(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			out = append(out, fields[4])
-		}
-	}
-	return out
+	return points
 }
 
 // stateFiles lists the driver's volume state files on the node's host.
@@ -266,4 +243,17 @@ func stateFiles(t testing.TB) []string {
 		t.Fatal(err)
 	}
 	return files
+}
+
+// noRequestsLeft fails unless ns has no CertificateRequest: the driver
+// deletes each one once it is decided and its files written.
+func noRequestsLeft(ctx context.Context, t testing.TB, ns string) {
+	t.Helper()
+	crs, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crs.Items) != 0 {
+		t.Errorf("%d CertificateRequests left in %s, want 0", len(crs.Items), ns)
+	}
 }

@@ -114,13 +114,7 @@ func TestDeniedRequestInPodEvents(t *testing.T) {
 	if p.Status.Phase != corev1.PodPending {
 		t.Errorf("pod with a denied SVID is %s, want Pending", p.Status.Phase)
 	}
-	crs, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(crs.Items) != 0 {
-		t.Errorf("%d CertificateRequests left after the denial, want 0", len(crs.Items))
-	}
+	noRequestsLeft(ctx, t, ns)
 	// A pod whose volume never mounted still goes away when deleted.
 	if err := bed.Kube.CoreV1().Pods(ns).Delete(ctx, "app", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
