@@ -47,8 +47,10 @@ func (p *Process) Start() error {
 	}
 	cmd := exec.Command(p.Path, p.Args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Die with the test binary even if it is killed before it can stop us.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Die with the test binary even if it is killed before it can stop us;
+	// a process group of its own, so a terminal's Ctrl-C reaches only the
+	// bed, which then stops everything in order (pods before the kubelet).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return fmt.Errorf("%s: start %s: %w", p.Name, p.Path, err)
