@@ -24,13 +24,13 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, int32(*replicas)); err != nil {
+	if err := run(ctx, stop, int32(*replicas)); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, replicas int32) error {
+func run(ctx context.Context, stop func(), replicas int32) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("make up runs a kubelet and containerd: run it as root")
 	}
@@ -83,5 +83,6 @@ func run(ctx context.Context, replicas int32) error {
 	fmt.Printf("The rendered manifests: %s\nLogs: %s/*.log (pods: %s)\nSVIDs last %s; Ctrl-C stops everything.\n",
 		filepath.Join(product.Kustomization, "rendered.yaml"), bed.Dir, filepath.Join(bed.Node.Dir, "pod-logs"), testbed.ExampleCertificateDuration)
 	<-ctx.Done()
+	stop() // a second Ctrl-C kills at once
 	return nil
 }

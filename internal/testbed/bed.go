@@ -32,7 +32,8 @@ type Options struct {
 	// removed by Stop.
 	Dir string
 	// Node adds a real node: containerd, a kubelet named "localhost" and
-	// kube-scheduler (see node.go). One per machine: the kubelet owns cgroups.
+	// kube-scheduler (see node.go), and the controllers its workloads need.
+	// One per machine (a lock file says which bed has it).
 	Node bool
 }
 
@@ -58,11 +59,10 @@ type Bed struct {
 	// Node is the real node, when Options.Node asked for one.
 	Node *Node
 
+	withNode     bool
 	apiServerURL string
 	apiPort      int
 	clusterCA    *authority
-	adminCert    string
-	adminKey     string
 	ownDir       bool
 	etcdDir      string
 	saSigningKey string
@@ -85,7 +85,7 @@ const CertManagerNamespace = "cert-manager"
 // cert-manager, and returns when a CA ClusterIssuer is Ready. On error,
 // whatever was started is stopped again.
 func Start(ctx context.Context, opts Options) (bed *Bed, err error) {
-	b := &Bed{Dir: opts.Dir, BinDir: opts.BinDir}
+	b := &Bed{Dir: opts.Dir, BinDir: opts.BinDir, withNode: opts.Node}
 	if b.BinDir == "" {
 		if b.BinDir, err = defaultBinDir(); err != nil {
 			return nil, err
@@ -239,7 +239,6 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.adminCert, b.adminKey = adminCert, adminKey
 	saKey, saPub, err := writeSigningKey(pki)
 	if err != nil {
 		return err
@@ -335,6 +334,12 @@ func (b *Bed) apiReady(ctx context.Context) error {
 }
 
 func (b *Bed) startControllerManager(ctx context.Context) error {
+	controllers := "serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller"
+	if b.withNode {
+		// What the shipped workloads need on a node; node-lifecycle removes
+		// the not-ready taint a kubelet registers with.
+		controllers += ",deployment-controller,replicaset-controller,daemonset-controller,disruption-controller,node-lifecycle-controller"
+	}
 	ports, err := freePorts(1)
 	if err != nil {
 		return err
@@ -345,9 +350,7 @@ func (b *Bed) startControllerManager(ctx context.Context) error {
 		"--authorization-kubeconfig="+b.AdminKubeconfig,
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(ports[0]),
 		"--leader-elect=false",
-		"--controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,"+
-			// What the shipped workloads need on a node.
-			"deployment-controller,replicaset-controller,daemonset-controller,disruption-controller,node-lifecycle-controller",
+		"--controllers="+controllers,
 		"--root-ca-file="+filepath.Join(b.Dir, "pki", "ca.crt"),
 		"--service-account-private-key-file="+b.saSigningKey,
 		"--use-service-account-credentials=false",

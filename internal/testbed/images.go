@@ -16,15 +16,12 @@ const imageTag = "testbed"
 // bed's workloads' image.
 const toolsImage = "svid-csi.test/tools:" + imageTag
 
-// nodeImageRefs are the references of this project's images on the node.
-type nodeImageRefs struct{ Driver, Approver string }
-
 // buildNodeImages writes the node's image tarballs into outDir: this
 // project's two images exactly as `make images` builds them, and the tools
 // image.
-func buildNodeImages(binDir, outDir string) ([]string, nodeImageRefs, error) {
+func buildNodeImages(binDir, outDir string) ([]string, NodeImages, error) {
 	driver, approver := ociimage.DriverSpec(binDir, imageTag), ociimage.ApproverSpec(binDir, imageTag)
-	refs := nodeImageRefs{Driver: driver.Ref, Approver: approver.Ref}
+	refs := NodeImages{Driver: driver.Ref, Approver: approver.Ref, Tools: toolsImage}
 	const busybox = "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
 		return nil, refs, fmt.Errorf("the tools image needs Debian's busybox-static (make deps): %w", err)

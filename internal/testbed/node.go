@@ -3,8 +3,10 @@ package testbed
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +45,8 @@ type Node struct {
 	kubelet    *Process
 	scheduler  *Process
 	bindMount  bool
+	healthz    string   // the kubelet's /healthz URL
+	lock       *os.File // held while this bed has the machine's node
 }
 
 // NodeImages are the references of the images a node has.
@@ -59,11 +63,14 @@ type NodeImages struct {
 const containerdNamespace = "k8s.io"
 
 func (b *Bed) startNode(ctx context.Context) error {
+	n := &Node{Dir: filepath.Join(b.Dir, "node"), bed: b}
+	b.Node = n
+	if err := n.takeMachine(); err != nil {
+		return err
+	}
 	if err := sweepStaleNodes(os.TempDir()); err != nil {
 		return err
 	}
-	n := &Node{Dir: filepath.Join(b.Dir, "node"), bed: b}
-	b.Node = n
 	n.KubeletRootDir = filepath.Join(n.Dir, "kubelet")
 	n.ContainerdSocket = filepath.Join(n.Dir, "containerd", "containerd.sock")
 	for _, d := range []string{n.KubeletRootDir, filepath.Join(n.Dir, "containerd"), filepath.Join(n.Dir, "cni", "net.d"),
@@ -82,6 +89,24 @@ func (b *Bed) startNode(ctx context.Context) error {
 		{"kube-scheduler", n.startScheduler},
 		{"node Ready", n.waitReady},
 	})
+}
+
+// nodeLock is the file whose lock says which bed has this machine's node:
+// the kernel drops it when that bed's process dies, even by SIGKILL.
+func nodeLock() string { return filepath.Join(os.TempDir(), "svid-bed-node.lock") }
+
+// takeMachine takes the node lock, or fails if another bed holds it.
+func (n *Node) takeMachine() error {
+	f, err := os.OpenFile(nodeLock(), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", nodeLock(), err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("another test bed runs this machine's node (%s is locked: %w): one kubelet per machine", nodeLock(), err)
+	}
+	n.lock = f
+	return nil
 }
 
 // makeShared bind-mounts the node's directory onto itself and makes it a
@@ -136,11 +161,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = %[9]q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %[7]q
     conf_dir = %[8]q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.ContainerdSocket, n.ContainerdSocket+".ttrpc",
-		filepath.Join(dir, "opt"), n.Images.Tools, filepath.Join(n.Dir, "cni", "bin"), filepath.Join(n.Dir, "cni", "net.d"))
+		filepath.Join(dir, "opt"), n.Images.Tools, filepath.Join(n.Dir, "cni", "bin"), filepath.Join(n.Dir, "cni", "net.d"), filepath.Join(dir, "runc"))
 	configFile := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", configFile, err)
@@ -180,7 +206,7 @@ func (n *Node) importImages(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.Images.Driver, n.Images.Approver = refs.Driver, refs.Approver
+	n.Images = refs
 	for _, tar := range tars {
 		if _, err := n.ctr(ctx, "images", "import", tar); err != nil {
 			return fmt.Errorf("import %s: %w", tar, err)
@@ -225,11 +251,13 @@ authentication:
 authorization:
   mode: Webhook
 containerRuntimeEndpoint: unix://%s
-# cgroup v1 and no systemd on these machines; swap is tolerated.
+# cgroup v1 and no systemd on these machines; swap is tolerated. Every pod
+# cgroup lives below /%[6]s, which the bed alone creates and removes.
 cgroupDriver: cgroupfs
+cgroupRoot: /%[6]s
 failCgroupV1: false
 failSwapOn: false
-podLogsDir: %q
+podLogsDir: %[5]q
 # A shared test machine: never evict or garbage-collect the imported images.
 evictionHard:
   memory.available: 1Mi
@@ -243,7 +271,10 @@ clusterDomain: cluster.local
 syncFrequency: 10s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 5s
-`, ports[0], ports[1], filepath.Join(b.Dir, "pki", "ca.crt"), n.ContainerdSocket, filepath.Join(n.Dir, "pod-logs"))
+`, ports[0], ports[1], filepath.Join(b.Dir, "pki", "ca.crt"), n.ContainerdSocket, filepath.Join(n.Dir, "pod-logs"), cgroupRoot)
+	if err := makeCgroupRoot(); err != nil {
+		return err
+	}
 	configFile := filepath.Join(n.Dir, "kubelet.yaml")
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", configFile, err)
@@ -263,18 +294,33 @@ nodeStatusUpdateFrequency: 5s
 		return err
 	}
 	n.kubelet = p
-	healthz := "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/healthz"
-	return p.WaitHTTP(ctx, healthz)
+	n.healthz = "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/healthz"
+	return p.WaitHTTP(ctx, n.healthz)
 }
 
 // RestartKubelet stops the kubelet (SIGTERM) and starts it again with the
 // same configuration; pods keep running under containerd meanwhile.
+// It returns once the new kubelet serves and has renewed its node Lease
+// (the Node stays Ready meanwhile, so Ready alone proves nothing).
 func (n *Node) RestartKubelet(ctx context.Context) error {
 	n.kubelet.Stop(syscall.SIGTERM, 30*time.Second)
+	restarted := time.Now()
 	if err := n.kubelet.Start(); err != nil {
 		return err
 	}
-	return n.waitReady(ctx)
+	if err := n.kubelet.WaitHTTP(ctx, n.healthz); err != nil {
+		return err
+	}
+	return n.kubelet.waitFor(ctx, "the restarted kubelet's heartbeat", func(ctx context.Context) error {
+		l, err := n.bed.Kube.CoordinationV1().Leases("kube-node-lease").Get(ctx, NodeName, getOpts)
+		if err != nil {
+			return err
+		}
+		if l.Spec.RenewTime == nil || !l.Spec.RenewTime.After(restarted) {
+			return fmt.Errorf("node Lease not renewed since the restart: %w", errNotReady)
+		}
+		return nil
+	})
 }
 
 // KillContainer sends SIGKILL to a container's task, as a crash would: the
@@ -305,7 +351,10 @@ func (n *Node) startScheduler(ctx context.Context) error {
 		return err
 	}
 	n.scheduler = p
-	return nil
+	// Its /healthz is open to anyone (--authorization-always-allow-paths);
+	// its serving certificate is self-signed, on loopback.
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	return p.waitFor(ctx, "healthz", httpOK(insecure, "https://127.0.0.1:"+strconv.Itoa(port)+"/healthz"))
 }
 
 func (n *Node) waitReady(ctx context.Context) error {
@@ -335,7 +384,7 @@ func (b *Bed) stopNode() {
 	if n == nil {
 		return
 	}
-	if n.kubelet != nil && n.kubelet.PID() != 0 {
+	if n.kubelet != nil && running(n.kubelet) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		if err := n.deletePods(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "test bed: node: %v\n", err)
@@ -346,13 +395,15 @@ func (b *Bed) stopNode() {
 	if n.scheduler != nil {
 		n.scheduler.Stop(syscall.SIGTERM, 10*time.Second)
 	}
-	if n.containerd != nil && n.containerd.PID() != 0 {
+	if n.containerd != nil && running(n.containerd) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		n.killTasks(ctx)
 		cancel()
 		n.containerd.Stop(syscall.SIGTERM, 20*time.Second)
 	}
-	n.killShims()
+	if n.containerd != nil {
+		n.killShims()
+	}
 	if err := unmountUnder(n.Dir); err != nil {
 		fmt.Fprintf(os.Stderr, "test bed: node: %v\n", err)
 	}
@@ -362,7 +413,15 @@ func (b *Bed) stopNode() {
 		}
 	}
 	removeCgroups()
+	if n.lock != nil {
+		n.lock.Close() // the lock goes with the file
+	}
 	b.Node = nil
+}
+
+func running(p *Process) bool {
+	exited, _ := p.Exited()
+	return !exited
 }
 
 // deletePods deletes the pods of workloads, waits for the kubelet to have
@@ -468,23 +527,54 @@ func (n *Node) killShims() {
 	killMatching("containerd-shim", n.ContainerdSocket)
 }
 
-// removeCgroups removes the kubelet's pod cgroups (empty once every
-// container is gone), deepest first, in every cgroup v1 hierarchy.
-func removeCgroups() {
+// cgroupRoot is the kubelet's --cgroup-root: every pod cgroup is below it.
+const cgroupRoot = "svid-bed"
+
+// cgroupHierarchies are the cgroup hierarchies mounted below /sys/fs/cgroup
+// (cgroup v1, which these machines have: the kubelet runs with
+// failCgroupV1: false).
+func cgroupHierarchies() []string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return
+		return nil
 	}
 	defer f.Close()
+	var out []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || !strings.HasPrefix(fields[4], "/sys/fs/cgroup/") {
-			continue
+		line := sc.Text()
+		fields := strings.Fields(line)
+		// cgroup v1 hierarchies, and the hybrid layout's cgroup2 "unified"
+		// one, where runc creates the same paths.
+		if len(fields) > 4 && strings.HasPrefix(fields[4], "/sys/fs/cgroup/") &&
+			(strings.Contains(line, " - cgroup ") || strings.Contains(line, " - cgroup2 ")) {
+			out = append(out, fields[4])
 		}
-		root := filepath.Join(fields[4], "kubepods")
+	}
+	return out
+}
+
+// makeCgroupRoot creates the kubelet's cgroup root in every hierarchy: the
+// kubelet refuses a root that does not exist.
+func makeCgroupRoot() error {
+	hs := cgroupHierarchies()
+	if len(hs) == 0 {
+		return errors.New("no cgroup v1 hierarchy mounted under /sys/fs/cgroup: the bed's node needs cgroup v1")
+	}
+	for _, h := range hs {
+		if err := os.MkdirAll(filepath.Join(h, cgroupRoot), 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", filepath.Join(h, cgroupRoot), err)
+		}
+	}
+	return nil
+}
+
+// removeCgroups removes the bed's cgroup root (empty once every container is
+// gone), deepest first, in every hierarchy.
+func removeCgroups() {
+	for _, h := range cgroupHierarchies() {
 		var dirs []string
-		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		_ = filepath.WalkDir(filepath.Join(h, cgroupRoot), func(p string, d os.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, p)
 			}
@@ -500,17 +590,12 @@ func removeCgroups() {
 
 // sweepStaleNodes cleans up after beds whose test binary was killed before it
 // could stop its node (their kubelet and containerd died with it, but
-// container processes, shims and mounts outlive them). A node of another bed
-// that still runs is an error: one kubelet per machine.
+// container processes, shims and mounts outlive them). Called with the node
+// lock held: no other bed has a node, so every node directory is stale.
 func sweepStaleNodes(tmp string) error {
 	beds, err := filepath.Glob(filepath.Join(tmp, "svid-bed-*", "node"))
-	if err != nil {
+	if err != nil || len(beds) == 0 {
 		return err
-	}
-	for _, dir := range beds {
-		if pid := findProcess("--root-dir=" + filepath.Join(dir, "kubelet")); pid != 0 {
-			return fmt.Errorf("another test bed's kubelet runs (pid %d, %s): one node per machine", pid, dir)
-		}
 	}
 	killPodProcesses()
 	for _, dir := range beds {
@@ -526,16 +611,6 @@ func sweepStaleNodes(tmp string) error {
 	}
 	removeCgroups()
 	return nil
-}
-
-// findProcess returns the pid of a process whose command line contains
-// every one of parts, or 0.
-func findProcess(parts ...string) int {
-	pids := matchingProcesses(parts...)
-	if len(pids) == 0 {
-		return 0
-	}
-	return pids[0]
 }
 
 func killMatching(parts ...string) {
@@ -571,9 +646,9 @@ func matchingProcesses(parts ...string) []int {
 	return pids
 }
 
-// killPodProcesses kills every process in the kubelet's pod cgroups.
+// killPodProcesses kills every process in the bed's pod cgroups.
 func killPodProcesses() {
-	_ = filepath.WalkDir("/sys/fs/cgroup/pids/kubepods", func(p string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cgroupRoot), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 			return nil
 		}

@@ -22,7 +22,6 @@ const (
 	DriverDaemonSet   = "svid-csi-driver" // in CertManagerNamespace
 	ApproverName      = "svid-csi-approver"
 	WorkloadRole      = "svid-csi-workload" // the ClusterRole workloads are bound to
-	exampleCAsCert    = ExampleIssuer
 	productFieldOwner = "svid-csi-testbed"
 )
 
@@ -70,13 +69,13 @@ func (b *Bed) InstallExample(ctx context.Context) (*Product, error) {
 	if err := a.ApplyAll(ctx, r.Objects); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", dir, err)
 	}
-	if err := b.ApproveCertificateRequests(ctx, CertManagerNamespace, exampleCAsCert); err != nil {
+	if err := b.ApproveCertificateRequests(ctx, CertManagerNamespace, ExampleIssuer); err != nil {
 		return nil, err
 	}
 	if err := b.WaitClusterIssuerReady(ctx, ExampleIssuer); err != nil {
 		return nil, err
 	}
-	secret, err := b.Kube.CoreV1().Secrets(CertManagerNamespace).Get(ctx, exampleCAsCert, getOpts)
+	secret, err := b.Kube.CoreV1().Secrets(CertManagerNamespace).Get(ctx, ExampleIssuer, getOpts)
 	if err != nil {
 		return nil, fmt.Errorf("the example CA's Secret: %w", err)
 	}

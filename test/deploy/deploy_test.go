@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
+	"github.com/svid-csi/svid-csi/internal/testbed"
+
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -490,5 +492,43 @@ func TestKustomizationRules(t *testing.T) {
 		if strings.Contains(f, "components") != isComponent {
 			t.Errorf("%s: components live in overlays/components and only there (kind: Component)", f)
 		}
+	}
+}
+
+// overlays/components/kubelet-root-dir without KUBELET_ROOT_DIR in the
+// config fails the build, naming the key, rather than rendering the default
+// paths silently.
+func TestKubeletRootDirNeedsTheKey(t *testing.T) {
+	fs := filesys.MakeFsInMemory()
+	for _, dir := range []string{"kustomize", "overlays/components/kubelet-root-dir"} {
+		entries, err := os.ReadDir(filepath.Join("../..", dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			data, err := os.ReadFile(filepath.Join("../..", dir, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := fs.WriteFile("/"+dir+"/"+e.Name(), data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	kust := "resources:\n- ../kustomize\ncomponents:\n- ../overlays/components/kubelet-root-dir\n"
+	if err := fs.WriteFile("/overlay/kustomization.yaml", []byte(kust)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := testbed.Render(fs, "/overlay")
+	if err == nil || !strings.Contains(err.Error(), "KUBELET_ROOT_DIR") {
+		t.Fatalf("build without KUBELET_ROOT_DIR: %v, want an error naming it", err)
+	}
+	// And with it, the build works.
+	kust += "configMapGenerator:\n- name: svid-csi-config\n  namespace: cert-manager\n  behavior: merge\n  literals:\n  - KUBELET_ROOT_DIR=/var/lib/k0s/kubelet\n"
+	if err := fs.WriteFile("/overlay/kustomization.yaml", []byte(kust)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.Render(fs, "/overlay"); err != nil {
+		t.Fatal(err)
 	}
 }
