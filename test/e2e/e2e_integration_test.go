@@ -71,13 +71,15 @@ func TestApproverHoldsLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pods, err := bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/name=svid-csi,app.kubernetes.io/component=approver"})
+	// It leads as soon as it starts; its readiness probe (every 5 s) follows.
+	var pods *corev1.PodList
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err = bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=svid-csi,app.kubernetes.io/component=approver"})
+		return err == nil && len(pods.Items) == 1 && ready(&pods.Items[0]), nil
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if len(pods.Items) != 1 || !ready(&pods.Items[0]) {
-		t.Fatalf("want one ready approver pod, got %d", len(pods.Items))
+		t.Fatalf("want one ready approver pod: %v (%d pods)", err, len(pods.Items))
 	}
 	if got := pods.Items[0].Status.ContainerStatuses[0].Image; got != bed.Node.Images.Approver {
 		t.Errorf("approver pod runs image %s, want the bed's %s", got, bed.Node.Images.Approver)
