@@ -72,11 +72,15 @@ func TestApproverHoldsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// It leads as soon as it starts; its readiness probe (every 5 s) follows.
-	var pods *corev1.PodList
+	pods := &corev1.PodList{}
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		pods, err = bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
+		list, err := bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
 			LabelSelector: "app.kubernetes.io/name=svid-csi,app.kubernetes.io/component=approver"})
-		return err == nil && len(pods.Items) == 1 && ready(&pods.Items[0]), nil
+		if err != nil {
+			return false, nil
+		}
+		pods = list
+		return len(pods.Items) == 1 && ready(&pods.Items[0]), nil
 	})
 	if err != nil {
 		t.Fatalf("want one ready approver pod: %v (%d pods)", err, len(pods.Items))
