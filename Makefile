@@ -15,7 +15,7 @@ CM_LDFLAGS := -s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=
 
 KUBE_BINS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 UPSTREAM := $(addprefix $(BIN)/,$(KUBE_BINS)) $(BIN)/cert-manager-controller $(BIN)/cert-manager-webhook
-INTEGRATION_PKGS := ./internal/testbed/... ./driver/ ./test/...
+INTEGRATION_PKGS := ./internal/testbed/... ./test/...
 OURS := $(BIN)/svid-csi-approver $(BIN)/svid-csi-driver
 
 .PHONY: all test test-unit test-integration verify bin deps up clean bench images

@@ -48,7 +48,8 @@ func main() {
 		fmt.Println(app.Component, version)
 		return
 	}
-	if err := cfg.Validate(); err != nil {
+	completed, err := cfg.Complete()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: invalid flag %v\n", app.Component, err)
 		os.Exit(2)
 	}
@@ -56,7 +57,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	klog.Background().Info("Starting "+app.Component, "version", version)
-	if err := app.Run(ctx, cfg); err != nil {
+	if err := app.Run(ctx, completed); err != nil {
 		klog.ErrorS(err, "Approver failed")
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}

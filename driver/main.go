@@ -51,13 +51,14 @@ func main() {
 		fmt.Println(version)
 		return
 	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "svid-csi-driver:", err)
+	completed, err := cfg.Complete()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "svid-csi-driver: invalid flag %v\n", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := app.Run(ctx, cfg); err != nil {
+	if err := app.Run(ctx, completed); err != nil {
 		klog.ErrorS(err, "Driver failed")
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}

@@ -1,26 +1,25 @@
+// Package app builds and runs the approver from its completed Config:
+// clients, the active issuer, the controller under leader election, and the
+// health and metrics servers.
 package app
 
 import (
 	"context"
 	"fmt"
-	"sync"
 
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	cmscheme "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/scheme"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/approver/controller"
 	"github.com/svid-csi/svid-csi/approver/metrics"
 	"github.com/svid-csi/svid-csi/internal/issuer"
-	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/internal/run"
 )
 
 // Component names the approver in Events, the user agent and logs.
@@ -29,29 +28,13 @@ const Component = "svid-csi-approver"
 // Run runs the approver until ctx is done. It returns an error only for
 // what retrying cannot fix (bad configuration, a port in use); API errors
 // are retried.
-func Run(ctx context.Context, cfg Config) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+func Run(ctx context.Context, cfg Completed) error {
 	logger := klog.FromContext(ctx)
 
-	td, err := spiffe.ParseTrustDomain(cfg.TrustDomain)
+	restConfig, err := cfg.Shared.RESTConfig(Component)
 	if err != nil {
 		return err
 	}
-	var cmName types.NamespacedName
-	if cfg.RuntimeIssuanceConfigMap != "" {
-		if cmName, err = issuer.ParseConfigMap(cfg.RuntimeIssuanceConfigMap); err != nil {
-			return err
-		}
-	}
-
-	restConfig, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	if err != nil {
-		return fmt.Errorf("load Kubernetes client configuration: %w", err)
-	}
-	restConfig.QPS = float32(cfg.KubeAPIQPS)
-	restConfig.Burst = cfg.KubeAPIBurst
-	restConfig.UserAgent = Component
 	kube, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
 		return fmt.Errorf("create Kubernetes client: %w", err)
@@ -62,8 +45,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	tracker, err := issuer.New(issuer.Options{
-		Flags:     cmmeta.IssuerReference{Name: cfg.IssuerName, Kind: cfg.IssuerKind, Group: cfg.IssuerGroup},
-		ConfigMap: cmName,
+		Flags:     cfg.Parsed.Issuer,
+		ConfigMap: cfg.Parsed.ConfigMap,
 		Client:    kube,
 	})
 	if err != nil {
@@ -73,16 +56,14 @@ func Run(ctx context.Context, cfg Config) error {
 	recorder, stopEvents := newRecorder(ctx, kube)
 	defer stopEvents()
 
-	var ctrl *controller.Controller
 	registry := prometheus.NewRegistry()
-	m := metrics.New(registry, func() int { return ctrl.QueueDepth() })
-
+	m := metrics.New(registry)
 	factory := controller.NewInformerFactory(cm, cfg.DriverName)
-	ctrl, err = controller.New(controller.Options{
+	ctrl, err := controller.New(controller.Options{
 		Client:      cm,
 		Informer:    factory.Certmanager().V1().CertificateRequests(),
 		Issuer:      tracker,
-		TrustDomain: td,
+		TrustDomain: cfg.Parsed.TrustDomain,
 		Duration:    cfg.CertificateRequestDuration,
 		Recorder:    recorder,
 		Metrics:     m,
@@ -90,28 +71,43 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	m.ObserveQueue(ctrl.QueueDepth)
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel() // runs before wg.Wait: stops everything started below
-	if err := serve(ctx, &wg, "health", cfg.HealthAddress, healthHandler(ctrl.HasSynced)); err != nil {
+	// Both servers bind before anything runs: a port in use fails the start.
+	health, err := run.HTTP(ctx, "health", cfg.HealthAddress, healthHandler(ctrl.HasSynced))
+	if err != nil {
 		return err
 	}
-	if cfg.MetricsAddress != "" {
-		if err := serve(ctx, &wg, "metrics", cfg.MetricsAddress, metricsHandler(registry)); err != nil {
-			return err
-		}
+	metricsServer, err := run.HTTP(ctx, "metrics", cfg.MetricsAddress, metricsHandler(registry))
+	if err != nil {
+		return err
 	}
-	wg.Go(func() {
-		if err := tracker.Run(ctx); err != nil {
-			logger.Error(err, "Issuer tracker stopped")
-		}
-	})
-	factory.StartWithContext(ctx)
-	defer func() { cancel(); factory.Shutdown() }()
 
-	logger.Info("Starting", "trustDomain", td.Name(), "driverName", cfg.DriverName,
+	logger.Info("Starting", "trustDomain", cfg.Parsed.TrustDomain.Name(), "driverName", cfg.DriverName,
 		"duration", cfg.CertificateRequestDuration, "leaderElection", cfg.LeaderElection)
+	g := run.NewGroup(ctx)
+	g.Go("health server", health)
+	g.Go("metrics server", metricsServer)
+	g.Go("issuer tracker", tracker.Run)
+	workersStopped := make(chan struct{})
+	g.Go("informers", func(ctx context.Context) error {
+		factory.StartWithContext(ctx)
+		<-ctx.Done()
+		<-workersStopped // the factory is shut down after the workers stop
+		factory.Shutdown()
+		return nil
+	})
+	g.Go("controller", func(ctx context.Context) error {
+		defer close(workersStopped)
+		return runController(ctx, cfg.Config, kube, ctrl, m)
+	})
+	return g.Wait()
+}
+
+// runController runs the workers until ctx is done: while holding the
+// leader Lease with leader election (the workers stop before the Lease is
+// released), else at once.
+func runController(ctx context.Context, cfg Config, kube kubernetes.Interface, ctrl *controller.Controller, m *metrics.Metrics) error {
 	if !cfg.LeaderElection {
 		m.SetLeader(true)
 		return ctrl.Run(ctx, cfg.Workers)
@@ -120,7 +116,7 @@ func Run(ctx context.Context, cfg Config) error {
 		m.SetLeader(true)
 		defer m.SetLeader(false)
 		if err := ctrl.Run(ctx, cfg.Workers); err != nil {
-			logger.Error(err, "Controller stopped")
+			klog.FromContext(ctx).Error(err, "Controller stopped")
 		}
 	})
 }

@@ -1,29 +1,18 @@
-// Package app wires the approver: clients, the active issuer, the
-// controller, leader election, and the health and metrics servers.
 package app
 
 import (
-	"fmt"
-	"net"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/svid-csi/svid-csi/internal/issuer"
-	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/internal/config"
 )
 
-// Config holds the approver's settings, from flags.
+// Config holds the approver's settings, from flags: the flags it shares with
+// the driver, then its own.
 type Config struct {
-	TrustDomain                string
-	CertificateRequestDuration time.Duration
-
-	IssuerName               string
-	IssuerKind               string
-	IssuerGroup              string
-	RuntimeIssuanceConfigMap string // <namespace>/<name>, optional
-	DriverName               string
+	config.Shared
 
 	LeaderElection              bool
 	LeaderElectionNamespace     string
@@ -35,20 +24,12 @@ type Config struct {
 	Workers        int
 	MetricsAddress string // empty disables
 	HealthAddress  string
-
-	Kubeconfig   string // in-cluster when empty
-	KubeAPIQPS   float64
-	KubeAPIBurst int
 }
 
 // DefaultConfig is the Config of a flag-less start.
 func DefaultConfig() Config {
 	return Config{
-		TrustDomain:                 "cluster.local",
-		CertificateRequestDuration:  time.Hour,
-		IssuerKind:                  "ClusterIssuer",
-		IssuerGroup:                 "cert-manager.io",
-		DriverName:                  spiffe.DefaultDriverName,
+		Shared:                      config.SharedDefaults(100, 200),
 		LeaderElection:              true,
 		LeaderElectionNamespace:     "cert-manager",
 		LeaderElectionID:            "svid-csi-approver",
@@ -58,63 +39,45 @@ func DefaultConfig() Config {
 		Workers:                     16,
 		MetricsAddress:              ":9402",
 		HealthAddress:               ":9403",
-		KubeAPIQPS:                  100,
-		KubeAPIBurst:                200,
 	}
 }
 
-// Validate names the first bad field, as its flag.
-func (c *Config) Validate() error {
-	if _, err := spiffe.ParseTrustDomain(c.TrustDomain); err != nil {
-		return fmt.Errorf("--trust-domain: %w", err)
-	}
-	if c.RuntimeIssuanceConfigMap != "" {
-		if _, err := issuer.ParseConfigMap(c.RuntimeIssuanceConfigMap); err != nil {
-			return fmt.Errorf("--runtime-issuance-configmap: %w", err)
-		}
+// Completed is a validated Config with the shared flags parsed: what Run
+// takes.
+type Completed struct {
+	Config
+	Parsed config.Parsed
+}
+
+// Complete validates the Config, naming the first bad flag
+// ("--flag: problem"), and returns it with the shared flags parsed.
+func (c *Config) Complete() (Completed, error) {
+	parsed, err := c.Shared.Complete()
+	if err != nil {
+		return Completed{}, err
 	}
 	lec := c.LeaderElection
 	switch {
-	case c.CertificateRequestDuration <= 0:
-		return fmt.Errorf("--certificate-request-duration: must be positive, got %s", c.CertificateRequestDuration)
-	case c.IssuerName != "" && c.IssuerKind == "":
-		return fmt.Errorf("--issuer-kind: required with --issuer-name")
-	case c.IssuerName != "" && c.IssuerGroup == "":
-		return fmt.Errorf("--issuer-group: required with --issuer-name")
-	case c.DriverName == "":
-		return fmt.Errorf("--driver-name: required")
-	case len(validation.IsValidLabelValue(c.DriverName)) > 0:
-		return fmt.Errorf("--driver-name: %q is not a valid label value: %s",
-			c.DriverName, strings.Join(validation.IsValidLabelValue(c.DriverName), "; "))
 	case lec && len(validation.IsDNS1123Label(c.LeaderElectionNamespace)) > 0:
-		return fmt.Errorf("--leader-election-namespace: %q is not a namespace name", c.LeaderElectionNamespace)
+		return Completed{}, config.Bad("leader-election-namespace", "%q is not a namespace name", c.LeaderElectionNamespace)
 	case lec && len(validation.IsDNS1123Subdomain(c.LeaderElectionID)) > 0:
-		return fmt.Errorf("--leader-election-id: %q is not a valid Lease name", c.LeaderElectionID)
+		return Completed{}, config.Bad("leader-election-id", "%q is not a valid Lease name", c.LeaderElectionID)
 	case lec && c.LeaderElectionRetryPeriod <= 0:
-		return fmt.Errorf("--leader-election-retry-period: must be positive, got %s", c.LeaderElectionRetryPeriod)
+		return Completed{}, config.Bad("leader-election-retry-period", "must be positive, got %s", c.LeaderElectionRetryPeriod)
 	case lec && float64(c.LeaderElectionRenewDeadline) <= 1.2*float64(c.LeaderElectionRetryPeriod):
-		return fmt.Errorf("--leader-election-renew-deadline: must be more than 1.2 x --leader-election-retry-period, got %s", c.LeaderElectionRenewDeadline)
+		return Completed{}, config.Bad("leader-election-renew-deadline", "must be more than 1.2 x --leader-election-retry-period, got %s", c.LeaderElectionRenewDeadline)
 	case lec && c.LeaderElectionLeaseDuration <= c.LeaderElectionRenewDeadline:
-		return fmt.Errorf("--leader-election-lease-duration: must be more than --leader-election-renew-deadline, got %s", c.LeaderElectionLeaseDuration)
+		return Completed{}, config.Bad("leader-election-lease-duration", "must be more than --leader-election-renew-deadline, got %s", c.LeaderElectionLeaseDuration)
 	case c.Workers < 1:
-		return fmt.Errorf("--workers: must be at least 1, got %d", c.Workers)
+		return Completed{}, config.Bad("workers", "must be at least 1, got %d", c.Workers)
 	case c.HealthAddress == "":
-		return fmt.Errorf("--health-address: required")
-	case !validAddress(c.HealthAddress):
-		return fmt.Errorf("--health-address: %q is not host:port", c.HealthAddress)
-	case c.MetricsAddress != "" && !validAddress(c.MetricsAddress):
-		return fmt.Errorf("--metrics-address: %q is not host:port", c.MetricsAddress)
+		return Completed{}, config.Bad("health-address", "required")
+	case config.Address("health-address", c.HealthAddress) != nil:
+		return Completed{}, config.Address("health-address", c.HealthAddress)
+	case config.Address("metrics-address", c.MetricsAddress) != nil:
+		return Completed{}, config.Address("metrics-address", c.MetricsAddress)
 	case c.MetricsAddress != "" && c.MetricsAddress == c.HealthAddress && !strings.HasSuffix(c.MetricsAddress, ":0"):
-		return fmt.Errorf("--metrics-address: must differ from --health-address")
-	case c.KubeAPIQPS <= 0:
-		return fmt.Errorf("--kube-api-qps: must be positive, got %g", c.KubeAPIQPS)
-	case c.KubeAPIBurst < 1:
-		return fmt.Errorf("--kube-api-burst: must be at least 1, got %d", c.KubeAPIBurst)
+		return Completed{}, config.Bad("metrics-address", "must differ from --health-address")
 	}
-	return nil
-}
-
-func validAddress(addr string) bool {
-	_, _, err := net.SplitHostPort(addr)
-	return err == nil
+	return Completed{Config: *c, Parsed: parsed}, nil
 }

@@ -1,19 +1,33 @@
 package app
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svid-csi/svid-csi/internal/config"
+	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
 	cfg := DefaultConfig()
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("DefaultConfig().Validate() = %v", err)
+	if _, err := cfg.Complete(); err != nil {
+		t.Fatalf("DefaultConfig().Complete() = %v", err)
 	}
 }
 
-func TestValidateNamesTheBadField(t *testing.T) {
+func TestDefaultConfigKeepsTheFlagDefaults(t *testing.T) {
+	cfg := DefaultConfig()
+	if cfg.TrustDomain != "cluster.local" || cfg.CertificateRequestDuration != time.Hour ||
+		cfg.IssuerName != "" || cfg.IssuerKind != "ClusterIssuer" || cfg.IssuerGroup != "cert-manager.io" ||
+		cfg.DriverName != spiffe.DefaultDriverName || cfg.RuntimeIssuanceConfigMap != "" ||
+		cfg.Kubeconfig != "" || cfg.KubeAPIQPS != 100 || cfg.KubeAPIBurst != 200 {
+		t.Errorf("shared defaults = %+v", cfg.Shared)
+	}
+}
+
+func TestCompleteNamesTheBadField(t *testing.T) {
 	for _, tc := range []struct {
 		flag   string
 		mutate func(*Config)
@@ -28,6 +42,8 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"--issuer-group", func(c *Config) { c.IssuerName = "ca"; c.IssuerGroup = "" }},
 		{"--driver-name", func(c *Config) { c.DriverName = "" }},
 		{"--driver-name", func(c *Config) { c.DriverName = "not a label value" }},
+		// A valid label value, but not a CSIDriver (DNS-1123 subdomain) name.
+		{"--driver-name", func(c *Config) { c.DriverName = "Svid.CSI.example.com" }},
 		{"--leader-election-namespace", func(c *Config) { c.LeaderElectionNamespace = "" }},
 		{"--leader-election-id", func(c *Config) { c.LeaderElectionID = "Bad ID" }},
 		{"--leader-election-retry-period", func(c *Config) { c.LeaderElectionRetryPeriod = 0 }},
@@ -43,32 +59,50 @@ func TestValidateNamesTheBadField(t *testing.T) {
 	} {
 		cfg := DefaultConfig()
 		tc.mutate(&cfg)
-		err := cfg.Validate()
+		_, err := cfg.Complete()
 		if err == nil {
-			t.Errorf("%s: Validate accepted %+v", tc.flag, cfg)
+			t.Errorf("%s: Complete accepted %+v", tc.flag, cfg)
 			continue
 		}
 		if !strings.HasPrefix(err.Error(), tc.flag+":") {
-			t.Errorf("%s: Validate = %q, want it to start with %q", tc.flag, err, tc.flag+":")
+			t.Errorf("%s: Complete = %q, want it to start with %q", tc.flag, err, tc.flag+":")
 		}
 		if strings.Contains(err.Error(), "\n") {
-			t.Errorf("%s: Validate = %q, want one line", tc.flag, err)
+			t.Errorf("%s: Complete = %q, want one line", tc.flag, err)
+		}
+		if fe := (*config.FlagError)(nil); !errors.As(err, &fe) || "--"+fe.Flag != tc.flag {
+			t.Errorf("%s: Complete = %#v, want a *config.FlagError for it", tc.flag, err)
 		}
 	}
 }
 
-func TestValidateAcceptsOptionalSettings(t *testing.T) {
+func TestCompleteAcceptsOptionalSettings(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.IssuerName = "spiffe-ca"
 	cfg.RuntimeIssuanceConfigMap = "cert-manager/svid-csi-issuer"
 	cfg.MetricsAddress = ""
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("Validate = %v", err)
+	c, err := cfg.Complete()
+	if err != nil {
+		t.Fatalf("Complete = %v", err)
 	}
+	// Run takes these parsed; it parses nothing again.
+	if got := c.Parsed.TrustDomain.Name(); got != "cluster.local" {
+		t.Errorf("parsed trust domain = %q", got)
+	}
+	if got := c.Parsed.ConfigMap.String(); got != "cert-manager/svid-csi-issuer" {
+		t.Errorf("parsed ConfigMap = %q", got)
+	}
+	if got := c.Parsed.Issuer; got.Name != "spiffe-ca" || got.Kind != "ClusterIssuer" || got.Group != "cert-manager.io" {
+		t.Errorf("parsed issuer = %+v", got)
+	}
+	if c.Config != cfg {
+		t.Errorf("Completed.Config = %+v, want %+v", c.Config, cfg)
+	}
+
 	cfg = DefaultConfig()
 	cfg.LeaderElection = false
 	cfg.LeaderElectionNamespace = "" // unused without leader election
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("Validate without leader election = %v", err)
+	if _, err := cfg.Complete(); err != nil {
+		t.Fatalf("Complete without leader election = %v", err)
 	}
 }

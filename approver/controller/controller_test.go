@@ -127,6 +127,7 @@ func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.Certi
 			t.Fatal(err)
 		}
 	}
+	m := metrics.New(f.registry)
 	f.ctrl, err = New(Options{
 		Client:      f.client,
 		Informer:    informer,
@@ -134,12 +135,13 @@ func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.Certi
 		TrustDomain: trustDomain,
 		Duration:    time.Hour,
 		Recorder:    f.recorder,
-		Metrics:     metrics.New(f.registry, func() int { return f.ctrl.QueueDepth() }),
+		Metrics:     m,
 		Now:         func() time.Time { return decidedAt },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.ObserveQueue(f.ctrl.QueueDepth)
 	return f
 }
 

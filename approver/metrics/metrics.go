@@ -20,15 +20,18 @@ const CheckNone = "none"
 
 // Metrics are the approver's metrics. A nil *Metrics records nothing.
 type Metrics struct {
+	reg       prometheus.Registerer
 	decisions *prometheus.CounterVec
 	latency   prometheus.Histogram
 	leader    prometheus.Gauge
 }
 
-// New registers the approver's metrics, plus the Go and process collectors,
-// on reg. queueDepth is read at scrape time.
-func New(reg prometheus.Registerer, queueDepth func() int) *Metrics {
+// New registers the approver's decision and leader metrics, plus the Go and
+// process collectors, on reg. The queue depth is registered by ObserveQueue
+// once the controller exists.
+func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		reg: reg,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "svid_csi_approver_decisions_total",
 			Help: "Decisions written on CertificateRequests, by result and by the check that denied (none for an approval).",
@@ -44,15 +47,23 @@ func New(reg prometheus.Registerer, queueDepth func() int) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.decisions, m.latency, m.leader,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "svid_csi_approver_queue_depth",
-			Help: "CertificateRequests waiting in the work queue.",
-		}, func() float64 { return float64(queueDepth()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	m.decisions.WithLabelValues(ResultApproved, CheckNone) // a zero to rate() against
 	return m
+}
+
+// ObserveQueue registers the queue depth, read from depth at scrape time.
+// Call it once.
+func (m *Metrics) ObserveQueue(depth func() int) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "svid_csi_approver_queue_depth",
+		Help: "CertificateRequests waiting in the work queue.",
+	}, func() float64 { return float64(depth()) }))
 }
 
 // Decision records one decision and its latency since the request was created.

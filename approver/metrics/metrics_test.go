@@ -11,7 +11,8 @@ import (
 
 func TestMetricNames(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := New(reg, func() int { return 3 })
+	m := New(reg)
+	m.ObserveQueue(func() int { return 3 })
 	m.Decision(ResultDenied, "duration", 2*time.Second)
 	m.Decision(ResultApproved, "", 100*time.Millisecond)
 	m.SetLeader(true)
@@ -39,6 +40,7 @@ svid_csi_approver_leader 1
 
 func TestNilMetricsRecordNothing(t *testing.T) {
 	var m *Metrics
+	m.ObserveQueue(func() int { return 3 })
 	m.Decision(ResultApproved, "", time.Second)
 	m.SetLeader(true)
 }

@@ -1,48 +1,33 @@
-// Package app turns the driver's flags into a running driver: it validates
-// the Config, wires the Kubernetes clients, issuance, volume store, CSI server,
-// kubelet registration, health and metrics, and runs them until stopped.
+// Package app turns the driver's flags into a running driver: it completes
+// the Config, then builds and runs the clients, the issuer, issuance, the
+// volume manager, the CSI server, kubelet registration and the health and
+// metrics servers.
 package app
 
 import (
-	"errors"
-	"fmt"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"k8s.io/apimachinery/pkg/util/validation"
-
-	"github.com/svid-csi/svid-csi/driver/csi"
-	"github.com/svid-csi/svid-csi/internal/issuer"
-	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/driver/socket"
+	"github.com/svid-csi/svid-csi/internal/config"
 )
 
 // Config is everything set by flags.
 type Config struct {
-	DriverName     string
+	config.Shared
+
 	NodeID         string
 	Endpoint       string // unix:///path; empty: <kubelet-root-dir>/plugins/<driver-name>/csi.sock
 	DataRoot       string
 	KubeletRootDir string
-	TrustDomain    string
-
-	CertificateRequestDuration time.Duration
-	IssuerName                 string
-	IssuerKind                 string
-	IssuerGroup                string
-	RuntimeIssuanceConfigMap   string
-	SourceCABundle             string
+	SourceCABundle string
 
 	FileNameCertificate string
 	FileNameKey         string
 	FileNameCA          string
 
-	Kubeconfig   string
-	KubeAPIQPS   float64
-	KubeAPIBurst int
-
-	MetricsAddress         string
-	HealthAddress          string
+	MetricsAddress         string // empty: off
+	HealthAddress          string // empty: off
 	MaxConcurrentIssuances int
 
 	Version string
@@ -51,81 +36,67 @@ type Config struct {
 // Defaults returns the flags' defaults.
 func Defaults() Config {
 	return Config{
-		DriverName:                 spiffe.DefaultDriverName,
-		DataRoot:                   "/run/svid-csi",
-		KubeletRootDir:             "/var/lib/kubelet",
-		TrustDomain:                "cluster.local",
-		CertificateRequestDuration: time.Hour,
-		IssuerKind:                 "ClusterIssuer",
-		IssuerGroup:                "cert-manager.io",
-		FileNameCertificate:        "tls.crt",
-		FileNameKey:                "tls.key",
-		FileNameCA:                 "ca.crt",
-		KubeAPIQPS:                 20,
-		KubeAPIBurst:               40,
-		MetricsAddress:             ":9402",
-		HealthAddress:              ":9809",
-		MaxConcurrentIssuances:     10,
+		Shared:                 config.SharedDefaults(20, 40),
+		DataRoot:               "/run/svid-csi",
+		KubeletRootDir:         "/var/lib/kubelet",
+		FileNameCertificate:    "tls.crt",
+		FileNameKey:            "tls.key",
+		FileNameCA:             "ca.crt",
+		MetricsAddress:         ":9402",
+		HealthAddress:          ":9809",
+		MaxConcurrentIssuances: 10,
 	}
 }
 
-// SocketPath is the CSI socket's path: from --endpoint, or under the kubelet's
-// plugins directory.
-func (c *Config) SocketPath() (string, error) {
-	if c.Endpoint == "" {
-		return filepath.Join(c.KubeletRootDir, "plugins", c.DriverName, "csi.sock"), nil
-	}
-	return csi.ParseEndpoint(c.Endpoint)
+// Completed is a valid Config with its values parsed once.
+type Completed struct {
+	Config
+	Parsed config.Parsed
+	// Socket is the CSI socket's path: from --endpoint, or under the
+	// kubelet's plugins directory.
+	Socket string
 }
 
-// Validate names the first bad setting.
-func (c *Config) Validate() error {
-	names := map[string]bool{}
-	for _, n := range []string{c.FileNameCertificate, c.FileNameKey, c.FileNameCA} {
-		names[n] = true
+// Complete validates the Config, naming the first bad flag, and parses it.
+func (c *Config) Complete() (Completed, error) {
+	parsed, err := c.Shared.Complete()
+	if err != nil {
+		return Completed{}, err
 	}
+	names := map[string]bool{c.FileNameCertificate: true, c.FileNameKey: true, c.FileNameCA: true}
 	switch {
 	case c.NodeID == "":
-		return errors.New("--node-id is required (the node's name, e.g. from spec.nodeName)")
-	case len(validation.IsDNS1123Subdomain(c.DriverName)) > 0:
-		return fmt.Errorf("--driver-name=%q: %s", c.DriverName, strings.Join(validation.IsDNS1123Subdomain(c.DriverName), "; "))
+		return Completed{}, config.Bad("node-id", "required (the node's name, e.g. from spec.nodeName)")
 	case !filepath.IsAbs(c.KubeletRootDir):
-		return fmt.Errorf("--kubelet-root-dir=%q: must be an absolute path", c.KubeletRootDir)
+		return Completed{}, config.Bad("kubelet-root-dir", "must be an absolute path, got %q", c.KubeletRootDir)
 	case !filepath.IsAbs(c.DataRoot):
-		return fmt.Errorf("--data-root=%q: must be an absolute path (on a host tmpfs, not /tmp)", c.DataRoot)
-	case c.CertificateRequestDuration <= 0:
-		return fmt.Errorf("--certificate-request-duration=%s: must be positive", c.CertificateRequestDuration)
-	case c.IssuerName != "" && (c.IssuerKind == "" || c.IssuerGroup == ""):
-		return errors.New("--issuer-name needs a non-empty --issuer-kind and --issuer-group")
+		return Completed{}, config.Bad("data-root", "must be an absolute path (on a host tmpfs, not /tmp), got %q", c.DataRoot)
 	case badFileName(c.FileNameCertificate):
-		return fmt.Errorf("--file-name-certificate=%q: want a plain file name", c.FileNameCertificate)
+		return Completed{}, config.Bad("file-name-certificate", "want a plain file name, got %q", c.FileNameCertificate)
 	case badFileName(c.FileNameKey):
-		return fmt.Errorf("--file-name-key=%q: want a plain file name", c.FileNameKey)
+		return Completed{}, config.Bad("file-name-key", "want a plain file name, got %q", c.FileNameKey)
 	case badFileName(c.FileNameCA):
-		return fmt.Errorf("--file-name-ca=%q: want a plain file name", c.FileNameCA)
+		return Completed{}, config.Bad("file-name-ca", "want a plain file name, got %q", c.FileNameCA)
 	case len(names) != 3:
-		return errors.New("--file-name-certificate, --file-name-key and --file-name-ca must differ")
-	case c.KubeAPIQPS <= 0:
-		return fmt.Errorf("--kube-api-qps=%v: must be positive", c.KubeAPIQPS)
-	case c.KubeAPIBurst <= 0:
-		return fmt.Errorf("--kube-api-burst=%d: must be positive", c.KubeAPIBurst)
+		return Completed{}, config.Bad("file-name-certificate", "must differ from --file-name-key and --file-name-ca, and they from each other")
 	case c.MaxConcurrentIssuances <= 0:
-		return fmt.Errorf("--max-concurrent-issuances=%d: must be positive", c.MaxConcurrentIssuances)
+		return Completed{}, config.Bad("max-concurrent-issuances", "must be positive, got %d", c.MaxConcurrentIssuances)
 	case c.SourceCABundle != "" && !filepath.IsAbs(c.SourceCABundle):
-		return fmt.Errorf("--source-ca-bundle=%q: must be an absolute path", c.SourceCABundle)
+		return Completed{}, config.Bad("source-ca-bundle", "must be an absolute path, got %q", c.SourceCABundle)
 	}
-	if _, err := spiffe.ParseTrustDomain(c.TrustDomain); err != nil {
-		return fmt.Errorf("--trust-domain: %w", err)
+	if err := config.Address("health-address", c.HealthAddress); err != nil {
+		return Completed{}, err
 	}
-	if _, err := c.SocketPath(); err != nil {
-		return fmt.Errorf("--endpoint: %w", err)
+	if err := config.Address("metrics-address", c.MetricsAddress); err != nil {
+		return Completed{}, err
 	}
-	if c.RuntimeIssuanceConfigMap != "" {
-		if _, err := issuer.ParseConfigMap(c.RuntimeIssuanceConfigMap); err != nil {
-			return fmt.Errorf("--runtime-issuance-configmap: %w", err)
+	sock := filepath.Join(c.KubeletRootDir, "plugins", c.DriverName, "csi.sock")
+	if c.Endpoint != "" {
+		if sock, err = socket.ParseEndpoint(c.Endpoint); err != nil {
+			return Completed{}, config.Bad("endpoint", "%v", err)
 		}
 	}
-	return nil
+	return Completed{Config: *c, Parsed: parsed, Socket: sock}, nil
 }
 
 func badFileName(n string) bool {

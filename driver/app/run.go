@@ -2,138 +2,145 @@ package app
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"sync"
 	"time"
 
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/svid-csi/svid-csi/driver/cabundle"
 	"github.com/svid-csi/svid-csi/driver/csi"
 	"github.com/svid-csi/svid-csi/driver/issuance"
+	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/driver/manager"
 	"github.com/svid-csi/svid-csi/driver/metrics"
 	"github.com/svid-csi/svid-csi/driver/mount"
 	"github.com/svid-csi/svid-csi/driver/registration"
+	"github.com/svid-csi/svid-csi/driver/socket"
 	"github.com/svid-csi/svid-csi/driver/volume"
 	"github.com/svid-csi/svid-csi/internal/issuer"
-	"github.com/svid-csi/svid-csi/internal/spiffe"
+	"github.com/svid-csi/svid-csi/internal/run"
 )
 
-// Run runs the driver until ctx is done or a component fails.
-func Run(ctx context.Context, cfg Config) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
+// Run runs the driver until ctx is done or a component fails. Volumes stay
+// mounted when it returns: the next start finds them again.
+func Run(ctx context.Context, cfg Completed) error {
 	startedAt := time.Now()
 	logger := klog.FromContext(ctx)
-	td, _ := spiffe.ParseTrustDomain(cfg.TrustDomain)
-	socket, _ := cfg.SocketPath()
 
-	restCfg, err := restConfig(cfg)
+	// Clients: the driver's own, and one that acts as each pod.
+	restCfg, err := cfg.RESTConfig("svid-csi-driver/" + cfg.Version)
 	if err != nil {
 		return err
+	}
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	driverCM, err := cmclient.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("cert-manager client: %w", err)
 	}
-	// One client, one connection pool for every pod: the token is set per request.
-	podCfg := issuance.PodConfig(restCfg)
-	podHTTP, err := rest.HTTPClientFor(podCfg)
+	podCM, err := podClient(restCfg)
 	if err != nil {
-		return fmt.Errorf("pod HTTP client: %w", err)
+		return err
 	}
-	podCM, err := cmclient.NewForConfigAndClient(podCfg, podHTTP)
+
+	// The issuer: from flags, or the runtime ConfigMap while it is valid.
+	issuers, err := issuer.New(issuer.Options{Flags: cfg.Parsed.Issuer, ConfigMap: cfg.Parsed.ConfigMap, Client: kube})
 	if err != nil {
-		return fmt.Errorf("pod cert-manager client: %w", err)
+		return fmt.Errorf("runtime issuer: %w", err)
 	}
+
+	// Issuance: requests created as the pod, watched on this node only.
 	waiter, err := issuance.NewWaiter(driverCM, cfg.DriverName, cfg.NodeID)
 	if err != nil {
 		return err
 	}
-	flagsIssuer := cmmeta.IssuerReference{Name: cfg.IssuerName, Kind: cfg.IssuerKind, Group: cfg.IssuerGroup}
-	var issuers issuance.IssuerSource = issuance.StaticIssuer(flagsIssuer)
-	var tracker *issuer.Tracker
-	if cfg.RuntimeIssuanceConfigMap != "" {
-		nn, _ := issuer.ParseConfigMap(cfg.RuntimeIssuanceConfigMap)
-		kube, err := kubernetes.NewForConfig(restCfg)
-		if err != nil {
-			return fmt.Errorf("kubernetes client: %w", err)
-		}
-		if flagsIssuer.Name == "" {
-			flagsIssuer = cmmeta.IssuerReference{}
-		}
-		if tracker, err = issuer.New(issuer.Options{Flags: flagsIssuer, ConfigMap: nn, Client: kube}); err != nil {
-			return fmt.Errorf("runtime issuer: %w", err)
-		}
-		issuers = tracker
-	}
-	if flagsIssuer.Name == "" && tracker == nil {
-		logger.Info("No issuer configured; every publish fails until one is", "hint", issuance.NoIssuerMessage)
-	}
 	client, err := issuance.New(issuance.Options{
-		DriverName: cfg.DriverName, NodeName: cfg.NodeID, TrustDomain: td,
-		Duration: cfg.CertificateRequestDuration, Issuers: issuers,
+		DriverName: cfg.DriverName, NodeName: cfg.NodeID, TrustDomain: cfg.Parsed.TrustDomain,
+		Duration: cfg.CertificateRequestDuration, Issuer: issuers,
 		PodClient: podCM, DriverClient: driverCM, Waiter: waiter,
 	})
 	if err != nil {
 		return err
 	}
-	caBundle, err := loadCABundle(cfg.SourceCABundle)
+
+	// The volume manager: mounts, files, renewal, recovery.
+	ca, err := cabundle.Load(cfg.SourceCABundle)
 	if err != nil {
-		return err
+		return fmt.Errorf("--source-ca-bundle: %w", err)
 	}
 	store, err := volume.NewStore(cfg.DataRoot)
 	if err != nil {
 		return err
 	}
-	var driver *csi.Driver
-	m := metrics.New(func() time.Time { return driver.EarliestExpiry() })
-	driver, err = csi.New(csi.Options{
-		Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID,
+	m := metrics.New()
+	volumes, err := manager.New(manager.Options{
 		Issuer: client, Mounter: mount.New(), Store: store,
-		Files:                  csi.FileNames{Certificate: cfg.FileNameCertificate, Key: cfg.FileNameKey, CA: cfg.FileNameCA},
-		CABundle:               caBundle,
+		Files:    manager.FileNames{Certificate: cfg.FileNameCertificate, Key: cfg.FileNameKey, CA: cfg.FileNameCA},
+		CABundle: ca.PEM,
+		Checks: []manager.Check{
+			{Name: "the CertificateRequest cache", Ready: client.HasSynced},
+			{Name: "the runtime issuer", Ready: issuers.HasSynced},
+		},
 		MaxConcurrentIssuances: cfg.MaxConcurrentIssuances,
 		Metrics:                m,
 	})
 	if err != nil {
 		return err
 	}
-	if err := driver.Recover(ctx); err != nil {
+	m.ObserveVolumes(volumes)
+	if err := volumes.Recover(ctx); err != nil {
 		return err
 	}
-	lis, err := csi.Listen(socket)
-	if err != nil {
-		return err
-	}
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+
+	// Health (a Probe on the CSI socket, as the kubelet would) and metrics.
+	conn, err := grpc.NewClient("unix://"+cfg.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("connect to own CSI socket: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-
 	health := http.NewServeMux()
 	health.HandleFunc("/healthz", probeHandler(csipb.NewIdentityClient(conn)))
+	serveHealth, err := run.HTTP(ctx, "health", cfg.HealthAddress, health)
+	if err != nil {
+		return err
+	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", m.Handler())
+	serveMetrics, err := run.HTTP(ctx, "metrics", cfg.MetricsAddress, metricsMux)
+	if err != nil {
+		return err
+	}
+
+	// CSI on its socket, announced to the kubelet: bound last, so that a
+	// failed start leaves no socket behind for the kubelet to find.
+	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes})
+	if err != nil {
+		return err
+	}
+	reg := registration.New(cfg.DriverName, cfg.Socket)
+	lis, err := socket.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	regLis, err := socket.Listen(registration.SocketPath(cfg.KubeletRootDir, cfg.DriverName))
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
 
 	logger.Info("Starting driver", "version", cfg.Version, "driver", cfg.DriverName, "node", cfg.NodeID,
-		"socket", socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain)
-	g := newGroup(ctx)
+		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain)
+	g := run.NewGroup(ctx)
+	g.Go("runtime issuer", issuers.Run)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })
 	g.Go("orphan sweep", func(ctx context.Context) error {
 		// One pass once the informer has synced; then it waits with the group.
@@ -143,66 +150,29 @@ func Run(ctx context.Context, cfg Config) error {
 		<-ctx.Done()
 		return nil
 	})
-	if tracker != nil {
-		g.Go("runtime issuer", tracker.Run)
-	}
-	g.Go("renewal scheduler", func(ctx context.Context) error { driver.Run(ctx); return nil })
+	g.Go("renewals", func(ctx context.Context) error { volumes.Run(ctx); return nil })
 	g.Go("CSI server", func(ctx context.Context) error { return driver.Serve(ctx, lis) })
-	reg := registration.New(cfg.DriverName, socket)
-	g.Go("kubelet registration", func(ctx context.Context) error {
-		return reg.Run(ctx, registration.SocketPath(cfg.KubeletRootDir, cfg.DriverName))
-	})
-	g.Go("health server", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HealthAddress, health) })
-	g.Go("metrics server", func(ctx context.Context) error { return serveHTTP(ctx, cfg.MetricsAddress, metricsMux) })
+	g.Go("kubelet registration", func(ctx context.Context) error { return reg.Serve(ctx, regLis) })
+	g.Go("health server", serveHealth)
+	g.Go("metrics server", serveMetrics)
 	err = g.Wait()
-	// Volumes stay mounted: the next start finds them again.
 	logger.Info("Driver stopped")
 	return err
 }
 
-func restConfig(cfg Config) (*rest.Config, error) {
-	var rc *rest.Config
-	var err error
-	if cfg.Kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+// podClient is the cert-manager client that acts as pods: one client, one
+// connection pool for every pod, the token set per request.
+func podClient(driver *rest.Config) (cmclient.Interface, error) {
+	cfg := issuance.PodConfig(driver)
+	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config (--kubeconfig=%q): %w", cfg.Kubeconfig, err)
+		return nil, fmt.Errorf("pod HTTP client: %w", err)
 	}
-	rc.QPS, rc.Burst = float32(cfg.KubeAPIQPS), cfg.KubeAPIBurst
-	rc.UserAgent = "svid-csi-driver/" + cfg.Version
-	return rc, nil
-}
-
-// loadCABundle reads and validates --source-ca-bundle once. Rewriting ca.crt
-// when the file changes comes with the CA bundle issue.
-func loadCABundle(path string) (func() []byte, error) {
-	if path == "" {
-		return nil, nil
-	}
-	data, err := os.ReadFile(path)
+	c, err := cmclient.NewForConfigAndClient(cfg, hc)
 	if err != nil {
-		return nil, fmt.Errorf("--source-ca-bundle: %w", err)
+		return nil, fmt.Errorf("pod cert-manager client: %w", err)
 	}
-	n := 0
-	for rest := data; ; n++ {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("--source-ca-bundle %s: unexpected PEM block %q", path, block.Type)
-		}
-		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return nil, fmt.Errorf("--source-ca-bundle %s: %w", path, err)
-		}
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("--source-ca-bundle %s: no PEM certificate", path)
-	}
-	return func() []byte { return data }, nil
+	return c, nil
 }
 
 // probeHandler answers /healthz by calling Probe on the driver's own socket.
@@ -220,59 +190,4 @@ func probeHandler(client csipb.IdentityClient) http.HandlerFunc {
 			_, _ = w.Write([]byte("ok\n"))
 		}
 	}
-}
-
-func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
-	if addr == "" || addr == "0" {
-		<-ctx.Done()
-		return nil
-	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve %s: %w", addr, err)
-	}
-	return nil
-}
-
-// group runs goroutines that all stop when one fails or ctx is done.
-type group struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
-	err    error
-}
-
-func newGroup(ctx context.Context) *group {
-	ctx, cancel := context.WithCancel(ctx)
-	return &group{ctx: ctx, cancel: cancel}
-}
-
-func (g *group) Go(name string, fn func(context.Context) error) {
-	g.wg.Go(func() {
-		err := fn(g.ctx)
-		if err == nil && g.ctx.Err() == nil {
-			err = errors.New("stopped unexpectedly")
-		}
-		if err != nil {
-			g.once.Do(func() { g.err = fmt.Errorf("%s: %w", name, err) })
-		}
-		g.cancel()
-	})
-}
-
-func (g *group) Wait() error {
-	g.wg.Wait()
-	g.cancel()
-	return g.err
 }

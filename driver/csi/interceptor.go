@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -12,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/driver/logkey"
 )
 
 const (
@@ -19,14 +22,15 @@ const (
 	redacted = "***redacted***"
 )
 
-// logInterceptor logs each call's method, duration and code (V(3), V(2) when
-// it fails), the sanitised request at V(5), and turns any error that is not a
-// gRPC status into Internal: the kubelet must never see Unknown.
+// logInterceptor logs each call's method, duration and code: a failed call
+// always (an error line at any verbosity), a successful one at V(3), the
+// sanitised request at V(5). It turns any error that is not a gRPC status
+// into Internal: the kubelet must never see Unknown.
 func logInterceptor(base klog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		logger := base.WithValues(keyMethod, info.FullMethod)
+		logger := base.WithValues(logkey.Method, info.FullMethod)
 		if l := logger.V(5); l.Enabled() {
-			l.Info("CSI request", keyRequest, Sanitize(req))
+			l.Info("CSI request", logkey.CSIRequest, sanitized(req))
 		}
 		start := time.Now()
 		resp, err := handler(klog.NewContext(ctx, logger), req)
@@ -37,19 +41,33 @@ func logInterceptor(base klog.Logger) grpc.UnaryServerInterceptor {
 		}
 		code := status.Code(err)
 		if err != nil {
-			logger.V(2).Info("CSI call failed", keyDuration, time.Since(start), keyCode, code, keyError, status.Convert(err).Message())
+			// The handler's own values (volume, pod) are in its context's
+			// logger, not here: name the volume again.
+			kv := []any{logkey.Duration, time.Since(start), logkey.Code, code}
+			if id := volumeOf(req); id != "" {
+				kv = append([]any{logkey.Volume, id}, kv...)
+			}
+			logger.Error(errors.New(status.Convert(err).Message()), "CSI call failed", kv...)
 		} else {
-			logger.V(3).Info("CSI call", keyDuration, time.Since(start), keyCode, code)
+			logger.V(3).Info("CSI call", logkey.Duration, time.Since(start), logkey.Code, code)
 		}
 		return resp, err
 	}
 }
 
-// Sanitize returns a printable copy of a CSI message with every field marked
+// volumeOf is the volume a request is about, if any.
+func volumeOf(req any) string {
+	if r, ok := req.(interface{ GetVolumeId() string }); ok {
+		return r.GetVolumeId()
+	}
+	return ""
+}
+
+// sanitized returns a printable copy of a CSI message with every field marked
 // csi_secret stripped and the kubelet's service account tokens redacted
 // wherever they appear as a map entry (volume_context). The request itself is
 // not modified.
-func Sanitize(req any) string {
+func sanitized(req any) string {
 	m, ok := req.(proto.Message)
 	if !ok {
 		return "<not a protobuf message>"
@@ -71,7 +89,7 @@ func sanitize(m protoreflect.Message) {
 				switch {
 				case strs && secret:
 					mp.Set(k, protoreflect.ValueOfString(stripped))
-				case strs && k.String() == KeyTokens:
+				case strs && k.String() == keyTokens:
 					mp.Set(k, protoreflect.ValueOfString(redacted))
 				case msgs:
 					sanitize(mv.Message())

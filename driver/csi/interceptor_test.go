@@ -9,6 +9,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2/textlogger"
+
+	"github.com/svid-csi/svid-csi/driver/failure"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server's goroutines.
@@ -42,14 +44,14 @@ func TestTokensNeverLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	req2 := td.publishRequest("vol-2", "unused")
-	req2.Secrets = map[string]string{KeyTokens: tokensJSON(token)}
-	delete(req2.VolumeContext, KeyTokens)
+	req2.Secrets = map[string]string{keyTokens: tokensJSON(token)}
+	delete(req2.VolumeContext, keyTokens)
 	if _, err := td.node.NodePublishVolume(ctx, req2); err != nil {
 		t.Fatal(err)
 	}
 	// A rejected request whose token JSON is malformed around the token.
 	bad := td.publishRequest("vol-3", token)
-	bad.VolumeContext[KeyTokens] = `{"": {"token": "` + token + `"`
+	bad.VolumeContext[keyTokens] = `{"": {"token": "` + token + `"`
 	if _, err := td.node.NodePublishVolume(ctx, bad); err == nil {
 		t.Fatal("malformed tokens accepted")
 	}
@@ -79,13 +81,39 @@ func TestSanitizeWorksOnACopy(t *testing.T) {
 	req := &csi.NodePublishVolumeRequest{
 		VolumeId:      "v",
 		Secrets:       map[string]string{"password": "hunter2"},
-		VolumeContext: map[string]string{KeyTokens: "tok", KeyPodName: "p"},
+		VolumeContext: map[string]string{keyTokens: "tok", keyPodName: "p"},
 	}
-	got := Sanitize(req)
+	got := sanitized(req)
 	if strings.Contains(got, "hunter2") || strings.Contains(got, `"tok"`) || !strings.Contains(got, `"p"`) {
-		t.Fatalf("Sanitize = %s", got)
+		t.Fatalf("sanitized = %s", got)
 	}
-	if req.Secrets["password"] != "hunter2" || req.VolumeContext[KeyTokens] != "tok" {
-		t.Fatal("Sanitize modified the request")
+	if req.Secrets["password"] != "hunter2" || req.VolumeContext[keyTokens] != "tok" {
+		t.Fatal("sanitized modified the request")
+	}
+}
+
+// A failed call leaves a line at the shipped verbosity (-v=1), naming the
+// method, the volume, the code and the message; a successful one does not.
+func TestFailedCallLoggedAtShippedVerbosity(t *testing.T) {
+	var out syncBuffer
+	logger := textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(1), textlogger.Output(&out)))
+	td := startDriver(t, logger)
+	ctx := context.Background()
+	if _, err := td.node.NodePublishVolume(ctx, td.publishRequest("vol-ok", "tok")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "CSI call") {
+		t.Fatalf("a successful call logged at -v=1:\n%s", out.String())
+	}
+	td.issuer.Fail(failure.New(failure.Denied, "request denied: spec.duration: exp=1h got=2h"))
+	if _, err := td.node.NodePublishVolume(ctx, td.publishRequest("vol-denied", "tok")); err == nil {
+		t.Fatal("denied publish succeeded")
+	}
+	logs := out.String()
+	for _, want := range []string{`"CSI call failed"`, `err="request denied: spec.duration: exp=1h got=2h"`,
+		`method="/csi.v1.Node/NodePublishVolume"`, `volumeID="vol-denied"`, `code="FailedPrecondition"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs at -v=1 lack %s:\n%s", want, logs)
+		}
 	}
 }

@@ -3,18 +3,15 @@ package csi
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
-)
 
-// unpublishLockWait bounds how long an unpublish waits for a renewal it has
-// cancelled to let go of the volume.
-const unpublishLockWait = 10 * time.Second
+	"github.com/svid-csi/svid-csi/driver/logkey"
+)
 
 // NodeGetInfo implements csi.NodeServer.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
@@ -33,49 +30,17 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 	}}, nil
 }
 
-// NodePublishVolume implements csi.NodeServer. A volume already published
-// (the kubelet republishes about every 10 s) only has its token refreshed:
-// no API call, no write, never an unmount.
+// NodePublishVolume implements csi.NodeServer: a new volume is mounted,
+// issued and written; a published one (the kubelet republishes about every
+// 10 s) only has its token refreshed.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	p, err := validatePublish(req)
 	if err != nil {
 		return nil, err
 	}
-	logger := klog.LoggerWithValues(klog.FromContext(ctx), keyVolumeID, p.volumeID, keyPod, klog.KRef(p.podNamespace, p.podName))
-	ctx = klog.NewContext(ctx, logger)
-	if v := d.lookup(p.volumeID); v != nil {
-		return d.republish(ctx, v, p)
-	}
-	if !d.Ready() {
-		// Before the request cache and the runtime issuer are read, a request
-		// could go to the wrong issuer or never be seen: the kubelet retries.
-		return nil, status.Error(codes.Unavailable, "the driver is starting: its caches are not synced yet")
-	}
-	unlock, ok := d.locks.TryLock(p.volumeID)
-	if !ok {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", p.volumeID)
-	}
-	defer unlock()
-	if v := d.lookup(p.volumeID); v != nil {
-		return d.republish(ctx, v, p)
-	}
-	if err := d.publish(ctx, p); err != nil {
-		return nil, err
-	}
-	return &csi.NodePublishVolumeResponse{}, nil
-}
-
-func (d *Driver) republish(ctx context.Context, v *vol, p *publishParams) (*csi.NodePublishVolumeResponse, error) {
-	if v.meta.TargetPath != p.targetPath {
-		return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s", p.volumeID, v.meta.TargetPath)
-	}
-	if v.meta.PodUID != p.podUID {
-		return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published for pod UID %s", p.volumeID, v.meta.PodUID)
-	}
-	if v.setToken(p.token, p.tokenExpiry) {
-		// A renewal fell due without a usable token: this one unblocks it.
-		klog.FromContext(ctx).V(2).Info("Fresh token for a renewal that was waiting for one")
-		d.sched.Schedule(p.volumeID, d.opts.Clock.Now())
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, p.meta.VolumeID, logkey.Pod, klog.KRef(p.meta.PodNamespace, p.meta.PodName))
+	if err := d.opts.Volumes.Publish(klog.NewContext(ctx, logger), p.meta, p.token); err != nil {
+		return nil, statusOf(err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -90,33 +55,9 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	case target == "":
 		return nil, invalid("target_path is missing")
 	}
-	logger := klog.LoggerWithValues(klog.FromContext(ctx), keyVolumeID, id, keyTarget, target)
-	ctx = klog.NewContext(ctx, logger)
-	v := d.lookup(id)
-	if v != nil {
-		v.close()
-	}
-	lctx, cancel := context.WithTimeout(ctx, unpublishLockWait)
-	defer cancel()
-	unlock, err := d.locks.Lock(lctx, id)
-	if err != nil {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
-	}
-	defer unlock()
-	if v != nil && v.meta.TargetPath != target {
-		logger.Info("Unpublishing at a target path other than the published one", "publishedAt", v.meta.TargetPath)
-	}
-	d.sched.Cancel(id)
-	d.remove(id)
-	if err := d.opts.Mounter.Cleanup(target); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount volume %s: %v", id, err)
-	}
-	if err := d.opts.Store.Delete(id); err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
-	}
-	d.opts.Issuer.Release(ctx, id)
-	if v != nil {
-		logger.Info("Unpublished volume")
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, id, logkey.Target, target)
+	if err := d.opts.Volumes.Unpublish(klog.NewContext(ctx, logger), id, target); err != nil {
+		return nil, statusOf(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -130,12 +71,8 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	case path == "":
 		return nil, invalid("volume_path is missing")
 	}
-	v := d.lookup(id)
-	if v == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not published on this node", id)
-	}
-	if v.meta.TargetPath != path {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, path)
+	if err := d.opts.Volumes.Published(id, path); err != nil {
+		return nil, statusOf(err)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
@@ -161,15 +98,14 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	if id == "" {
 		return nil, invalid("volume_id is missing")
 	}
-	v := d.lookup(id)
-	if v == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not published on this node", id)
+	conds, err := d.opts.Volumes.Health(id, req.GetVolumePublishPath())
+	if err != nil {
+		return nil, statusOf(err)
 	}
-	if p := req.GetVolumePublishPath(); p != "" && p != v.meta.TargetPath {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
+	entries := make([]*csi.VolumeHealth_VolumeHealthEntry, 0, len(conds))
+	for _, c := range conds {
+		entries = append(entries, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_DEGRADED, Reason: c.Reason, Message: c.Message})
 	}
-	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{
-		VolumeId:       id,
-		HealthStatuses: v.health(d.opts.Clock.Now(), d.opts.FailuresAbnormal),
-	}}, nil
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: entries}}, nil
 }

@@ -1,11 +1,9 @@
 package csi
 
 import (
-	"bytes"
 	"context"
-	"crypto"
-	"crypto/x509"
-	"encoding/pem"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,9 +17,12 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
+	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/svid-csi/svid-csi/driver/issuance"
-	"github.com/svid-csi/svid-csi/driver/volume"
+	"github.com/svid-csi/svid-csi/driver/failure"
+	"github.com/svid-csi/svid-csi/driver/manager"
+	"github.com/svid-csi/svid-csi/driver/manager/managertest"
+	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -47,19 +48,19 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 		}, codes.InvalidArgument, "volume_capability: block access is not supported"},
 		{"no access type", func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability.AccessType = nil }, codes.InvalidArgument, "volume_capability.mount is missing"},
 		{"read-write", func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }, codes.InvalidArgument, "readonly must be true"},
-		{"not ephemeral", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[KeyEphemeral] = "false" }, codes.InvalidArgument, vc(KeyEphemeral) + ` must be "true"`},
-		{"no ephemeral key", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyEphemeral) }, codes.InvalidArgument, vc(KeyEphemeral) + " is missing"},
-		{"no pod name", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyPodName) }, codes.InvalidArgument, vc(KeyPodName) + " is missing"},
-		{"no pod namespace", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyPodNamespace) }, codes.InvalidArgument, vc(KeyPodNamespace) + " is missing"},
-		{"no pod uid", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyPodUID) }, codes.InvalidArgument, vc(KeyPodUID) + " is missing"},
-		{"no service account", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyServiceAccount) }, codes.InvalidArgument, vc(KeyServiceAccount) + " is missing"},
-		{"no token", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, KeyTokens) }, codes.InvalidArgument, vc(KeyTokens) + " is missing"},
-		{"token not JSON", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[KeyTokens] = "{not json" }, codes.InvalidArgument, vc(KeyTokens) + " is not a JSON object"},
+		{"not ephemeral", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyEphemeral] = "false" }, codes.InvalidArgument, vc(keyEphemeral) + ` must be "true"`},
+		{"no ephemeral key", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyEphemeral) }, codes.InvalidArgument, vc(keyEphemeral) + " is missing"},
+		{"no pod name", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyPodName) }, codes.InvalidArgument, vc(keyPodName) + " is missing"},
+		{"no pod namespace", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyPodNamespace) }, codes.InvalidArgument, vc(keyPodNamespace) + " is missing"},
+		{"no pod uid", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyPodUID) }, codes.InvalidArgument, vc(keyPodUID) + " is missing"},
+		{"no service account", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyServiceAccount) }, codes.InvalidArgument, vc(keyServiceAccount) + " is missing"},
+		{"no token", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyTokens) }, codes.InvalidArgument, vc(keyTokens) + " is missing"},
+		{"token not JSON", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyTokens] = "{not json" }, codes.InvalidArgument, vc(keyTokens) + " is not a JSON object"},
 		{"token for another audience", func(r *csi.NodePublishVolumeRequest) {
-			r.VolumeContext[KeyTokens] = `{"vault":{"token":"x","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
-		}, codes.InvalidArgument, vc(KeyTokens) + ` has no token for the audience ""`},
-		{"empty token", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[KeyTokens] = `{"":{"token":""}}` }, codes.InvalidArgument, vc(KeyTokens) + ` has no token`},
-		{"secrets win over volume_context", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{KeyTokens: "[]"} }, codes.InvalidArgument, `secrets["` + KeyTokens + `"] is not a JSON object`},
+			r.VolumeContext[keyTokens] = `{"vault":{"token":"x","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+		}, codes.InvalidArgument, vc(keyTokens) + ` has no token for the audience ""`},
+		{"empty token", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyTokens] = `{"":{"token":""}}` }, codes.InvalidArgument, vc(keyTokens) + ` has no token`},
+		{"secrets win over volume_context", func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{keyTokens: "[]"} }, codes.InvalidArgument, `secrets["` + keyTokens + `"] is not a JSON object`},
 		{"fs-group not a number", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[spiffe.FSGroupAttribute] = "wheel" }, codes.InvalidArgument, vc(spiffe.FSGroupAttribute) + ` must be a number in 1..4294967295, got "wheel"`},
 		{"fs-group zero", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[spiffe.FSGroupAttribute] = "0" }, codes.InvalidArgument, vc(spiffe.FSGroupAttribute) + " must be a number"},
 		{"fs-group too large", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[spiffe.FSGroupAttribute] = "4294967296" }, codes.InvalidArgument, vc(spiffe.FSGroupAttribute) + " must be a number"},
@@ -67,19 +68,21 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 		{"volume_mount_group bad", func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability.GetMount().VolumeMountGroup = "x" }, codes.InvalidArgument, "volume_capability.mount.volume_mount_group must be a number"},
 		{"unknown attribute", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["spiffe.csi.cert-manager.io/dns-names"] = "a" }, codes.InvalidArgument, vc("spiffe.csi.cert-manager.io/dns-names") + " is not a known attribute"},
 		{"denied", func(r *csi.NodePublishVolumeRequest) {
-			td.issuer.set(func(f *fakeIssuer) {
-				f.err = &issuance.Error{Code: codes.FailedPrecondition, Reason: "denied", Message: `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`}
-			})
+			td.issuer.Fail(failure.New(failure.Denied, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`))
 		}, codes.FailedPrecondition, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`},
 		{"no issuer", func(r *csi.NodePublishVolumeRequest) {
-			td.issuer.set(func(f *fakeIssuer) {
-				f.err = &issuance.Error{Code: codes.FailedPrecondition, Reason: "no_issuer", Message: issuance.NoIssuerMessage}
-			})
+			td.issuer.Fail(failure.New(failure.NoIssuer, "%w", issuer.ErrNoIssuer))
 		}, codes.FailedPrecondition, "no issuer is configured: set --issuer-name"},
+		{"forbidden", func(r *csi.NodePublishVolumeRequest) {
+			td.issuer.Fail(failure.New(failure.Forbidden, "create CertificateRequest as ServiceAccount team-a/app: forbidden"))
+		}, codes.PermissionDenied, "create CertificateRequest as ServiceAccount team-a/app: forbidden"},
+		{"unclassified", func(r *csi.NodePublishVolumeRequest) {
+			td.issuer.Fail(errors.New("something nobody classified"))
+		}, codes.Internal, "something nobody classified"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			td.issuer.set(func(f *fakeIssuer) { f.err = nil; f.calls = nil })
+			td.issuer.Reset()
 			req := td.publishRequest("vol-bad", "tok")
 			tc.mutate(req)
 			_, err := td.node.NodePublishVolume(context.Background(), req)
@@ -90,7 +93,7 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 			if tc.wantCode == codes.InvalidArgument && len(td.issuer.Calls()) != 0 {
 				t.Errorf("an invalid request reached the issuer")
 			}
-			if td.d.lookup("vol-bad") != nil {
+			if td.volumes.Published("vol-bad", "") == nil {
 				t.Errorf("a failed publish left the volume managed")
 			}
 			if _, err := os.Stat(req.GetTargetPath()); err == nil && req.GetTargetPath() != "" {
@@ -100,34 +103,6 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 			}
 		})
 	}
-}
-
-// readPair reads the certificate and key through ..data, as one generation.
-func readPair(t *testing.T, target string) (*x509.Certificate, crypto.Signer) {
-	t.Helper()
-	files, err := volume.ReadFiles(target, "tls.crt", "tls.key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return parsePair(t, files["tls.crt"], files["tls.key"])
-}
-
-func parsePair(t *testing.T, certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer) {
-	t.Helper()
-	cb, _ := pem.Decode(certPEM)
-	kb, _ := pem.Decode(keyPEM)
-	if cb == nil || kb == nil || kb.Type != "PRIVATE KEY" {
-		t.Fatalf("bad PEM in volume")
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key.(crypto.Signer)
 }
 
 func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
@@ -143,8 +118,8 @@ func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
 	if len(calls) != 1 || calls[0].Token != "tok-1" || calls[0].Namespace != "team-a" || calls[0].ServiceAccount != "app" || calls[0].PodUID != "uid-vol-1" {
 		t.Fatalf("issuer calls = %+v", calls)
 	}
-	cert, key := readPair(t, req.TargetPath)
-	if !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
+	cert, key := managertest.ReadPair(t, req.TargetPath)
+	if !managertest.Matches(key, cert) {
 		t.Fatal("key does not match certificate")
 	}
 	for _, name := range []string{"tls.crt", "tls.key"} {
@@ -169,14 +144,15 @@ func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
 	if mounted, _ := td.mounter.IsMounted(req.TargetPath); !mounted {
 		t.Error("target not mounted")
 	}
-	metas, _ := td.d.opts.Store.List()
-	if len(metas) != 1 || metas[0].VolumeID != "vol-1" || metas[0].FSGroup != 1234 || !metas[0].NotAfter.Equal(cert.NotAfter) {
+	metas, _ := td.store.List()
+	if len(metas) != 1 || metas[0].VolumeID != "vol-1" || metas[0].FSGroup != 1234 || metas[0].TargetPath != req.TargetPath ||
+		metas[0].PodUID != "uid-vol-1" || metas[0].ServiceAccount != "app" {
 		t.Fatalf("state = %+v", metas)
 	}
-	if due, ok := td.d.sched.Due("vol-1"); !ok || due.After(cert.NotBefore.Add(40*time.Minute)) || due.Before(cert.NotBefore.Add(34*time.Minute)) {
-		t.Errorf("renewal due %v (ok=%v), want within [34m, 40m] of %v", due, ok, cert.NotBefore)
+	if !td.volumes.EarliestExpiry().Equal(cert.NotAfter) {
+		t.Errorf("managed expiry %v, want the certificate's %v", td.volumes.EarliestExpiry(), cert.NotAfter)
 	}
-	if got := td.issuer.released; len(got) != 1 || got[0] != "vol-1" {
+	if got := td.issuer.Released(); len(got) != 1 || got[0] != "vol-1" {
 		t.Errorf("released = %v, want the request deleted once written", got)
 	}
 
@@ -188,11 +164,11 @@ func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
 	if _, err := os.Lstat(req.TargetPath); !os.IsNotExist(err) {
 		t.Errorf("target still exists: %v", err)
 	}
-	if metas, _ := td.d.opts.Store.List(); len(metas) != 0 {
+	if metas, _ := td.store.List(); len(metas) != 0 {
 		t.Errorf("state left: %+v", metas)
 	}
-	if td.d.lookup("vol-1") != nil || td.d.sched.Len() != 0 {
-		t.Error("volume still managed or scheduled")
+	if td.volumes.Len() != 0 {
+		t.Error("volume still managed")
 	}
 }
 
@@ -224,40 +200,11 @@ func TestPublishTwiceIssuesAndMountsOnce(t *testing.T) {
 	}
 }
 
-func TestRepublishOfHealthyVolumeOnlyKeepsToken(t *testing.T) {
-	td := startDriver(t, testLogger(t))
-	req := td.publishRequest("vol-1", "tok-1")
-	if _, err := td.node.NodePublishVolume(context.Background(), req); err != nil {
-		t.Fatal(err)
-	}
-	link, _ := os.Readlink(filepath.Join(req.TargetPath, "..data"))
-	before, _ := os.ReadFile(filepath.Join(req.TargetPath, "tls.key"))
-	td.issuer.set(func(f *fakeIssuer) { f.err = &issuance.Error{Code: codes.Unavailable, Message: "API down"} })
-	for i := range 5 {
-		req := td.publishRequest("vol-1", "tok-"+string(rune('2'+i)))
-		if _, err := td.node.NodePublishVolume(context.Background(), req); err != nil {
-			t.Fatalf("republish %d: %v", i, err)
-		}
-	}
-	if n := len(td.issuer.Calls()); n != 1 {
-		t.Errorf("issuances = %d, want 1", n)
-	}
-	if l, _ := os.Readlink(filepath.Join(req.TargetPath, "..data")); l != link {
-		t.Errorf("..data changed from %s to %s: republish wrote files", link, l)
-	}
-	if after, _ := os.ReadFile(filepath.Join(req.TargetPath, "tls.key")); !bytes.Equal(before, after) {
-		t.Error("key changed on republish")
-	}
-	if tok, _ := td.d.lookup("vol-1").freshToken(time.Now()); tok != "tok-6" {
-		t.Errorf("token kept = %q, want the latest", tok)
-	}
-}
-
 func TestConcurrentPublishes(t *testing.T) {
 	td := startDriver(t, testLogger(t))
 	block := make(chan struct{})
 	entered := make(chan string, 4)
-	td.issuer.set(func(f *fakeIssuer) { f.block, f.entered = block, entered })
+	td.issuer.Block(block, entered)
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
@@ -298,7 +245,7 @@ func TestConcurrentPublishes(t *testing.T) {
 
 func TestPublishDeadlineKeepsNothingMounted(t *testing.T) {
 	td := startDriver(t, testLogger(t))
-	td.issuer.set(func(f *fakeIssuer) { f.block = make(chan struct{}) })
+	td.issuer.Block(make(chan struct{}), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	req := td.publishRequest("vol-1", "tok")
@@ -318,7 +265,7 @@ func TestPublishDeadlineKeepsNothingMounted(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if td.d.lookup("vol-1") != nil {
+	if td.volumes.Published("vol-1", "") == nil {
 		t.Error("volume managed after a failed publish")
 	}
 }
@@ -370,7 +317,9 @@ func TestIdentityAndCapabilities(t *testing.T) {
 }
 
 func TestVolumeStatsAndHealth(t *testing.T) {
-	td := startDriver(t, testLogger(t))
+	t0 := time.Now().Truncate(time.Second)
+	fc := clocktesting.NewFakeClock(t0)
+	td := startDriver(t, testLogger(t), func(o *manager.Options) { o.Clock = fc })
 	ctx := context.Background()
 	req := td.publishRequest("vol-1", "tok")
 	if _, err := td.node.NodePublishVolume(ctx, req); err != nil {
@@ -383,38 +332,72 @@ func TestVolumeStatsAndHealth(t *testing.T) {
 	if _, err := td.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "vol-1", VolumePath: "/elsewhere"}); status.Code(err) != codes.NotFound {
 		t.Errorf("stats at the wrong path: %v", err)
 	}
+	if _, err := td.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "nope", VolumePath: req.TargetPath}); status.Code(err) != codes.NotFound {
+		t.Errorf("stats of an unknown volume: %v", err)
+	}
 	h, err := td.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: "vol-1"})
-	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 || h.GetVolumeHealth().GetVolumeId() != "vol-1" {
 		t.Fatalf("health = %v, %v; want healthy", h, err)
 	}
-	v := td.d.lookup("vol-1")
-	v.mu.Lock()
-	v.notAfter = time.Now().Add(-time.Minute)
-	v.failures, v.lastErr = 3, "request denied: nope"
-	v.mu.Unlock()
-	h, err = td.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: "vol-1"})
+	if _, err := td.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: "vol-1", VolumePublishPath: "/elsewhere"}); status.Code(err) != codes.NotFound {
+		t.Errorf("health at the wrong path: %v", err)
+	}
+	// The certificate expires while its renewal hangs: degraded, with why.
+	td.issuer.Block(make(chan struct{}), nil)
+	fc.SetTime(t0.Add(2 * time.Hour))
+	h, err = td.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: "vol-1", VolumePublishPath: req.TargetPath})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reasons []string
-	for _, e := range h.GetVolumeHealth().GetHealthStatuses() {
-		reasons = append(reasons, e.GetReason()+": "+e.GetMessage())
-	}
-	if len(reasons) != 2 || !strings.HasPrefix(reasons[0], "CertificateExpired: certificate expired at") ||
-		!strings.HasSuffix(reasons[1], "request denied: nope") {
-		t.Errorf("health = %q", reasons)
+	entries := h.GetVolumeHealth().GetHealthStatuses()
+	if len(entries) != 1 || entries[0].GetStatus() != csi.VolumeHealthErrorType_DEGRADED || entries[0].GetReason() != "CertificateExpired" ||
+		!strings.HasPrefix(entries[0].GetMessage(), "certificate expired at ") {
+		t.Errorf("health = %v", entries)
 	}
 }
 
-func TestCABundleWrittenWithTheSet(t *testing.T) {
-	ca := []byte("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
-	td := startDriver(t, testLogger(t), func(o *Options) { o.CABundle = func() []byte { return ca } })
-	req := td.publishRequest("vol-1", "tok")
-	if _, err := td.node.NodePublishVolume(context.Background(), req); err != nil {
-		t.Fatal(err)
+// Until the manager is ready the driver answers a first publish Unavailable
+// (the kubelet retries), says so in Probe, and issues nothing.
+func TestPublishBeforeSyncIsUnavailable(t *testing.T) {
+	td := startDriver(t, testLogger(t), func(o *manager.Options) {
+		o.Checks = []manager.Check{{Name: "the CertificateRequest cache", Ready: func() bool { return false }}}
+	})
+	_, err := td.node.NodePublishVolume(context.Background(), td.publishRequest("vol-1", "tok-1"))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("publish before sync: %v, want Unavailable", err)
 	}
-	files, err := volume.ReadFiles(req.TargetPath, "tls.crt", "tls.key", "ca.crt")
-	if err != nil || !bytes.Equal(files["ca.crt"], ca) {
-		t.Fatalf("ca.crt = %q, %v", files["ca.crt"], err)
+	if n := len(td.issuer.Calls()); n != 0 {
+		t.Fatalf("%d issuances before sync, want 0", n)
+	}
+	if p, err := td.ident.Probe(context.Background(), &csi.ProbeRequest{}); err != nil || p.GetReady().GetValue() {
+		t.Fatalf("Probe before sync = %v, %v; want not ready", p, err)
+	}
+}
+
+// Every failure reason has its gRPC code, decided here and nowhere else;
+// the kubelet acts on these, so each one is pinned.
+func TestEveryReasonHasACode(t *testing.T) {
+	want := map[failure.Reason]codes.Code{
+		failure.NoIssuer: codes.FailedPrecondition, failure.Invalid: codes.InvalidArgument,
+		failure.Forbidden: codes.PermissionDenied, failure.Rejected: codes.FailedPrecondition,
+		failure.API: codes.Unavailable, failure.Timeout: codes.DeadlineExceeded,
+		failure.Denied: codes.FailedPrecondition, failure.Failed: codes.FailedPrecondition,
+		failure.Token: codes.Unavailable, failure.Local: codes.Internal,
+		failure.Starting: codes.Unavailable, failure.Busy: codes.Aborted,
+		failure.Conflict: codes.AlreadyExists, failure.NotFound: codes.NotFound,
+	}
+	for _, r := range failure.All {
+		c, ok := want[r]
+		if !ok {
+			t.Errorf("reason %q: no code pinned in this test", r)
+			continue
+		}
+		err := statusOf(fmt.Errorf("context: %w", failure.New(r, "why")))
+		if st := status.Convert(err); st.Code() != c || st.Message() != "context: why" {
+			t.Errorf("reason %q: %v, want %v with the whole message", r, err, c)
+		}
+	}
+	if len(codeOf) != len(failure.All) {
+		t.Errorf("%d codes for %d reasons", len(codeOf), len(failure.All))
 	}
 }

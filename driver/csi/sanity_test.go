@@ -34,8 +34,8 @@ func TestSanity(t *testing.T) {
 	// What the kubelet sends to an ephemeral volume, for specs that use
 	// volume parameters.
 	cfg.TestVolumeParameters = map[string]string{
-		KeyPodName: "sanity", KeyPodNamespace: "sanity", KeyPodUID: "uid-sanity",
-		KeyServiceAccount: "default", KeyEphemeral: "true", KeyTokens: tokensJSON("sanity-token"),
+		keyPodName: "sanity", keyPodNamespace: "sanity", keyPodUID: "uid-sanity",
+		keyServiceAccount: "default", keyEphemeral: "true", keyTokens: tokensJSON("sanity-token"),
 	}
 	sc := sanity.GinkgoTest(&cfg)
 	defer sc.Finalize()

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/svid-csi/svid-csi/driver/manager"
+	"github.com/svid-csi/svid-csi/driver/volume"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -19,12 +21,12 @@ import (
 // and podServiceAccountTokenAttrs); with serviceAccountTokenInSecrets the
 // tokens key is in the request's secrets instead.
 const (
-	KeyPodName        = "csi.storage.k8s.io/pod.name"
-	KeyPodNamespace   = "csi.storage.k8s.io/pod.namespace"
-	KeyPodUID         = "csi.storage.k8s.io/pod.uid"
-	KeyServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
-	KeyEphemeral      = "csi.storage.k8s.io/ephemeral"
-	KeyTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
+	keyPodName        = "csi.storage.k8s.io/pod.name"
+	keyPodNamespace   = "csi.storage.k8s.io/pod.namespace"
+	keyPodUID         = "csi.storage.k8s.io/pod.uid"
+	keyServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
+	keyEphemeral      = "csi.storage.k8s.io/ephemeral"
+	keyTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
 )
 
 // tokenAudience is the audience the CSIDriver's tokenRequests asks for: the
@@ -33,15 +35,8 @@ const tokenAudience = ""
 
 // publishParams is a validated NodePublishVolumeRequest.
 type publishParams struct {
-	volumeID       string
-	targetPath     string
-	podNamespace   string
-	podName        string
-	podUID         string
-	serviceAccount string
-	token          string
-	tokenExpiry    time.Time
-	gid            int64 // -1: none
+	meta  volume.Meta
+	token manager.Token
 }
 
 // tokenStatus is one audience's entry in the tokens JSON (the kubelet
@@ -62,20 +57,21 @@ func missing(key string) error { return invalid("volume_context[%q] is missing",
 func validatePublish(req *csi.NodePublishVolumeRequest) (*publishParams, error) {
 	vc := req.GetVolumeContext()
 	vcap := req.GetVolumeCapability()
-	p := &publishParams{
-		volumeID:       req.GetVolumeId(),
-		targetPath:     req.GetTargetPath(),
-		podNamespace:   vc[KeyPodNamespace],
-		podName:        vc[KeyPodName],
-		podUID:         vc[KeyPodUID],
-		serviceAccount: vc[KeyServiceAccount],
-		gid:            -1,
-	}
+	p := &publishParams{meta: volume.Meta{
+		VolumeID:       req.GetVolumeId(),
+		TargetPath:     req.GetTargetPath(),
+		PodNamespace:   vc[keyPodNamespace],
+		PodName:        vc[keyPodName],
+		PodUID:         vc[keyPodUID],
+		ServiceAccount: vc[keyServiceAccount],
+		FSGroup:        -1,
+	}}
+	m := &p.meta
 	var err error
 	switch {
-	case p.volumeID == "":
+	case m.VolumeID == "":
 		return nil, invalid("volume_id is missing")
-	case p.targetPath == "":
+	case m.TargetPath == "":
 		return nil, invalid("target_path is missing")
 	case vcap == nil:
 		return nil, invalid("volume_capability is missing")
@@ -85,32 +81,32 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishParams, error) 
 		return nil, invalid("volume_capability.mount is missing")
 	case !req.GetReadonly():
 		return nil, invalid("readonly must be true: set readOnly: true on the pod's csi volume")
-	case vc[KeyEphemeral] == "":
-		return nil, missing(KeyEphemeral)
-	case vc[KeyEphemeral] != "true":
-		return nil, invalid("volume_context[%q] must be \"true\": only inline ephemeral volumes are supported, got %q", KeyEphemeral, vc[KeyEphemeral])
-	case p.podName == "":
-		return nil, missing(KeyPodName)
-	case p.podNamespace == "":
-		return nil, missing(KeyPodNamespace)
-	case p.podUID == "":
-		return nil, missing(KeyPodUID)
-	case p.serviceAccount == "":
-		return nil, missing(KeyServiceAccount)
+	case vc[keyEphemeral] == "":
+		return nil, missing(keyEphemeral)
+	case vc[keyEphemeral] != "true":
+		return nil, invalid("volume_context[%q] must be \"true\": only inline ephemeral volumes are supported, got %q", keyEphemeral, vc[keyEphemeral])
+	case m.PodName == "":
+		return nil, missing(keyPodName)
+	case m.PodNamespace == "":
+		return nil, missing(keyPodNamespace)
+	case m.PodUID == "":
+		return nil, missing(keyPodUID)
+	case m.ServiceAccount == "":
+		return nil, missing(keyServiceAccount)
 	}
 	switch {
 	case unknownAttribute(vc) != "":
 		return nil, invalid("volume_context[%q] is not a known attribute", unknownAttribute(vc))
 	case vc[spiffe.FSGroupAttribute] != "":
-		if p.gid, err = parseGID(fmt.Sprintf("volume_context[%q]", spiffe.FSGroupAttribute), vc[spiffe.FSGroupAttribute]); err != nil {
+		if m.FSGroup, err = parseGID(fmt.Sprintf("volume_context[%q]", spiffe.FSGroupAttribute), vc[spiffe.FSGroupAttribute]); err != nil {
 			return nil, err
 		}
 	case vcap.GetMount().GetVolumeMountGroup() != "":
-		if p.gid, err = parseGID("volume_capability.mount.volume_mount_group", vcap.GetMount().GetVolumeMountGroup()); err != nil {
+		if m.FSGroup, err = parseGID("volume_capability.mount.volume_mount_group", vcap.GetMount().GetVolumeMountGroup()); err != nil {
 			return nil, err
 		}
 	}
-	if p.token, p.tokenExpiry, err = podToken(req); err != nil {
+	if p.token, err = podToken(req); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -142,23 +138,23 @@ func parseGID(field, value string) (int64, error) {
 // podToken reads the pod's token for the API server's audience: from the
 // secrets first (serviceAccountTokenInSecrets), else from volume_context.
 // Error messages never quote the JSON.
-func podToken(req *csi.NodePublishVolumeRequest) (string, time.Time, error) {
-	field := fmt.Sprintf("secrets[%q]", KeyTokens)
-	raw, ok := req.GetSecrets()[KeyTokens]
+func podToken(req *csi.NodePublishVolumeRequest) (manager.Token, error) {
+	field := fmt.Sprintf("secrets[%q]", keyTokens)
+	raw, ok := req.GetSecrets()[keyTokens]
 	if !ok {
-		field = fmt.Sprintf("volume_context[%q]", KeyTokens)
-		raw, ok = req.GetVolumeContext()[KeyTokens]
+		field = fmt.Sprintf("volume_context[%q]", keyTokens)
+		raw, ok = req.GetVolumeContext()[keyTokens]
 	}
 	if !ok || raw == "" {
-		return "", time.Time{}, invalid("%s is missing: the CSIDriver must request a token (tokenRequests: [{audience: \"\"}])", field)
+		return manager.Token{}, invalid("%s is missing: the CSIDriver must request a token (tokenRequests: [{audience: \"\"}])", field)
 	}
 	var tokens map[string]tokenStatus
 	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
-		return "", time.Time{}, invalid("%s is not a JSON object of tokens by audience", field)
+		return manager.Token{}, invalid("%s is not a JSON object of tokens by audience", field)
 	}
 	t, ok := tokens[tokenAudience]
 	if !ok || t.Token == "" {
-		return "", time.Time{}, invalid("%s has no token for the audience \"\"", field)
+		return manager.Token{}, invalid("%s has no token for the audience \"\"", field)
 	}
-	return t.Token, t.ExpirationTimestamp, nil
+	return manager.Token{Value: t.Token, Expiry: t.ExpirationTimestamp}, nil
 }

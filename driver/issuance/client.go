@@ -12,36 +12,18 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/svid-csi/svid-csi/driver/failure"
+	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
-
-// IssuerSource names the issuer to use; ok is false when none is configured.
-// internal/issuer's Tracker is one; StaticIssuer (from flags) is another.
-type IssuerSource interface {
-	Current() (ref cmmeta.IssuerReference, ok bool)
-}
-
-// StaticIssuer is the issuer given by flags; an empty Name means none.
-type StaticIssuer cmmeta.IssuerReference
-
-// Current implements IssuerSource.
-func (s StaticIssuer) Current() (cmmeta.IssuerReference, bool) {
-	return cmmeta.IssuerReference(s), s.Name != ""
-}
-
-// NoIssuerMessage says how to configure an issuer.
-const NoIssuerMessage = "no issuer is configured: set --issuer-name (with --issuer-kind and --issuer-group) on the driver, " +
-	"or the keys issuer-name, issuer-kind and issuer-group of the ConfigMap named by --runtime-issuance-configmap"
 
 // Request asks for a certificate for one volume of one pod.
 type Request struct {
@@ -60,25 +42,8 @@ type Result struct {
 	ChainPEM  []byte // leaf first
 	NotBefore time.Time
 	NotAfter  time.Time
-	// Request is the namespace/name of the CertificateRequest.
-	Request string
-}
-
-// Error is an issuance failure with the gRPC code the CSI call should return
-// and a short reason for metrics.
-type Error struct {
-	Code    codes.Code
-	Reason  string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Message }
-
-// GRPCStatus lets status.FromError see the code.
-func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
-
-func newError(code codes.Code, reason, format string, args ...any) *Error {
-	return &Error{Code: code, Reason: reason, Message: fmt.Sprintf(format, args...)}
+	// Request is the CertificateRequest that was issued.
+	Request klog.ObjectRef
 }
 
 // Options configure a Client.
@@ -87,9 +52,10 @@ type Options struct {
 	NodeName    string
 	TrustDomain spiffeid.TrustDomain
 	Duration    time.Duration
-	Issuers     IssuerSource
+	// Issuer names the issuer of each new request.
+	Issuer *issuer.Tracker
 	// PodClient creates requests; it must be built from PodConfig, so each
-	// call carries the token set by WithToken.
+	// call carries the token set by withToken.
 	PodClient cmclient.Interface
 	// DriverClient deletes requests, with the driver's own credentials.
 	DriverClient cmclient.Interface
@@ -120,19 +86,15 @@ func New(opts Options) (*Client, error) {
 		return nil, errors.New("issuance: both a pod client and a driver client are required")
 	case opts.Waiter == nil:
 		return nil, errors.New("issuance: a waiter is required")
-	case opts.Issuers == nil:
-		return nil, errors.New("issuance: an issuer source is required")
+	case opts.Issuer == nil:
+		return nil, errors.New("issuance: an issuer tracker is required")
 	}
 	return &Client{opts: opts, pending: map[string]*pendingRequest{}}, nil
 }
 
 // HasSynced reports whether the request informer has synced and the
-// requests a previous run left behind are swept, and the issuer source too
-// when it watches something (the runtime ConfigMap).
+// requests a previous run left behind are swept.
 func (c *Client) HasSynced() bool {
-	if s, ok := c.opts.Issuers.(interface{ HasSynced() bool }); ok && !s.HasSynced() {
-		return false
-	}
 	return c.swept.Load() && c.opts.Waiter.HasSynced()
 }
 
@@ -145,17 +107,17 @@ func (c *Client) SweepOrphans(ctx context.Context, startedAt time.Time) error {
 		return ctx.Err()
 	}
 	logger := klog.FromContext(ctx)
-	for _, obj := range c.opts.Waiter.List() {
+	for _, obj := range c.opts.Waiter.list() {
 		cr, ok := obj.(*cmapi.CertificateRequest)
 		if !ok || !cr.CreationTimestamp.Time.Before(startedAt) || c.isPending(cr.Namespace, cr.Name) {
 			continue
 		}
 		err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(cr.Namespace).Delete(ctx, cr.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
-			logger.Error(err, "Could not delete a CertificateRequest left by a previous run; it goes with its pod", "request", klog.KObj(cr))
+			logger.Error(err, "Could not delete a CertificateRequest left by a previous run; it goes with its pod", logkey.CertificateRequest, klog.KObj(cr))
 			continue
 		}
-		logger.Info("Deleted a CertificateRequest left by a previous run", "request", klog.KObj(cr))
+		logger.Info("Deleted a CertificateRequest left by a previous run", logkey.CertificateRequest, klog.KObj(cr))
 	}
 	c.swept.Store(true)
 	return nil
@@ -173,7 +135,7 @@ func (c *Client) isPending(namespace, name string) bool {
 }
 
 // Issue returns a certificate for the request's pod, resuming the volume's
-// pending request if there is one. Errors are *Error. After the result is
+// pending request if there is one. Errors carry a failure.Reason. After the result is
 // written, call Release to delete the request.
 func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 	logger := klog.FromContext(ctx)
@@ -187,7 +149,7 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 	if p != nil && c.gone(ctx, p) {
 		// Deleted while nobody waited on it (an admin, a cleanup job): resuming
 		// it would wait for ever, so a new one is made.
-		logger.Info("Pending CertificateRequest is gone; creating a new one", "request", klog.KRef(p.namespace, p.name))
+		logger.Info("Pending CertificateRequest is gone; creating a new one", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 		c.forget(req.VolumeID)
 		p = nil
 	}
@@ -199,64 +161,63 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 		c.mu.Lock()
 		c.pending[req.VolumeID] = p
 		c.mu.Unlock()
-		logger.V(2).Info("Created CertificateRequest", "request", klog.KRef(p.namespace, p.name))
+		logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 	} else {
-		logger.V(2).Info("Resuming pending CertificateRequest", "request", klog.KRef(p.namespace, p.name))
+		logger.V(2).Info("Resuming pending CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 	}
 
-	cr, err := c.opts.Waiter.Wait(ctx, p.namespace, p.name)
-	ref := p.namespace + "/" + p.name
+	cr, err := c.opts.Waiter.wait(ctx, p.namespace, p.name)
+	ref := klog.KRef(p.namespace, p.name)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return nil, newError(codes.DeadlineExceeded, "timeout",
-			"CertificateRequest %s is still pending; the next call resumes it", ref)
+		return nil, failure.New(failure.Timeout, "CertificateRequest %s is still pending; the next call resumes it", ref)
 	case errors.Is(err, errDeleted):
 		c.forget(req.VolumeID)
-		return nil, newError(codes.Unavailable, "api", "CertificateRequest %s: %v", ref, err)
+		return nil, failure.New(failure.API, "CertificateRequest %s: %w", ref, err)
 	case err != nil:
-		return nil, newError(codes.Internal, "local", "wait for CertificateRequest %s: %v", ref, err)
+		return nil, failure.New(failure.Local, "wait for CertificateRequest %s: %w", ref, err)
 	}
 	switch o, msg := outcomeOf(cr); o {
 	case denied:
 		c.Release(ctx, req.VolumeID)
-		return nil, newError(codes.FailedPrecondition, "denied", "request denied: %s", msg)
+		return nil, failure.New(failure.Denied, "request denied: %s", msg)
 	case failed:
 		c.Release(ctx, req.VolumeID)
-		return nil, newError(codes.FailedPrecondition, "failed", "request failed: %s", msg)
+		return nil, failure.New(failure.Failed, "request failed: %s", msg)
 	}
 	res, err := result(cr, p.key)
 	if err != nil {
 		c.Release(ctx, req.VolumeID)
-		return nil, newError(codes.FailedPrecondition, "failed", "CertificateRequest %s: %v", ref, err)
+		return nil, failure.New(failure.Failed, "CertificateRequest %s: %w", ref, err)
 	}
 	res.Request = ref
 	return res, nil
 }
 
 func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, error) {
-	ref, ok := c.opts.Issuers.Current()
+	ref, ok := c.opts.Issuer.Current()
 	if !ok {
-		return nil, newError(codes.FailedPrecondition, "no_issuer", "%s", NoIssuerMessage)
+		return nil, failure.New(failure.NoIssuer, "%w", issuer.ErrNoIssuer)
 	}
 	id, err := spiffe.ID(c.opts.TrustDomain, req.Namespace, req.ServiceAccount)
 	if err != nil {
-		return nil, newError(codes.InvalidArgument, "invalid", "%v", err)
+		return nil, failure.New(failure.Invalid, "%w", err)
 	}
-	key, err := NewKey()
+	key, err := newKey()
 	if err != nil {
-		return nil, newError(codes.Internal, "local", "%v", err)
+		return nil, failure.New(failure.Local, "%w", err)
 	}
-	csr, err := CreateCSR(key, id)
+	csr, err := createCSR(key, id)
 	if err != nil {
-		return nil, newError(codes.Internal, "local", "%v", err)
+		return nil, failure.New(failure.Local, "%w", err)
 	}
-	cr := BuildRequest(RequestParams{
+	cr := buildRequest(requestParams{
 		DriverName: c.opts.DriverName, NodeName: c.opts.NodeName, ID: id.String(),
 		Namespace: req.Namespace, PodName: req.PodName, PodUID: req.PodUID,
 		CSR: csr, Duration: c.opts.Duration, Issuer: ref,
 	})
 	created, err := c.opts.PodClient.CertmanagerV1().CertificateRequests(req.Namespace).
-		Create(WithToken(ctx, req.Token), cr, metav1.CreateOptions{})
+		Create(withToken(ctx, req.Token), cr, metav1.CreateOptions{})
 	if err != nil {
 		return nil, apiError(ctx, fmt.Sprintf("create CertificateRequest as ServiceAccount %s/%s", req.Namespace, req.ServiceAccount), err)
 	}
@@ -273,7 +234,7 @@ func (c *Client) Release(ctx context.Context, volumeID string) {
 	}
 	err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(p.namespace).Delete(ctx, p.name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		klog.FromContext(ctx).Error(err, "Could not delete CertificateRequest; it is deleted with its pod", "request", klog.KRef(p.namespace, p.name))
+		klog.FromContext(ctx).Error(err, "Could not delete CertificateRequest; it is deleted with its pod", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 	}
 }
 
@@ -281,7 +242,7 @@ func (c *Client) Release(ctx context.Context, volumeID string) {
 // synced cache and confirmed NotFound by the API server. Any doubt (a read
 // error) counts as not gone; the wait then decides.
 func (c *Client) gone(ctx context.Context, p *pendingRequest) bool {
-	if !c.opts.Waiter.HasSynced() || c.opts.Waiter.Cached(p.namespace, p.name) {
+	if !c.opts.Waiter.HasSynced() || c.opts.Waiter.cached(p.namespace, p.name) {
 		return false
 	}
 	_, err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(p.namespace).Get(ctx, p.name, metav1.GetOptions{})
@@ -317,16 +278,16 @@ func result(cr *cmapi.CertificateRequest, key crypto.Signer) (*Result, error) {
 	return &Result{KeyPEM: keyPEM, ChainPEM: cr.Status.Certificate, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
 }
 
-// apiError classifies an API failure into the code the kubelet acts on.
-func apiError(ctx context.Context, op string, err error) *Error {
+// apiError classifies an API failure.
+func apiError(ctx context.Context, op string, err error) error {
 	switch {
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
-		return newError(codes.DeadlineExceeded, "timeout", "%s: %v", op, err)
+		return failure.New(failure.Timeout, "%s: %w", op, err)
 	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
-		return newError(codes.PermissionDenied, "forbidden", "%s: %v", op, err)
+		return failure.New(failure.Forbidden, "%s: %w", op, err)
 	case apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsNotFound(err) || apierrors.IsAlreadyExists(err):
-		return newError(codes.FailedPrecondition, "rejected", "%s: %v", op, err)
+		return failure.New(failure.Rejected, "%s: %w", op, err)
 	default:
-		return newError(codes.Unavailable, "api", "%s: %v", op, err)
+		return failure.New(failure.API, "%s: %w", op, err)
 	}
 }

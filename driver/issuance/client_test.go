@@ -19,13 +19,15 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/fake"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/svid-csi/svid-csi/driver/failure"
+	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -40,8 +42,12 @@ type fixture struct {
 
 // newFixture runs a Client over a fake clientset whose creates honour
 // generateName, with the waiter's informer synced.
-func newFixture(t *testing.T, issuers IssuerSource) *fixture {
+func newFixture(t *testing.T, flags cmmeta.IssuerReference) *fixture {
 	t.Helper()
+	issuers, err := issuer.New(issuer.Options{Flags: flags})
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &fixture{cs: fake.NewSimpleClientset()}
 	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
 		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
@@ -66,7 +72,7 @@ func newFixture(t *testing.T, issuers IssuerSource) *fixture {
 	f.client, err = New(Options{
 		DriverName: spiffe.DefaultDriverName, NodeName: "node-1",
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
-		Duration:    time.Hour, Issuers: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
+		Duration:    time.Hour, Issuer: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +147,7 @@ func (f *fixture) issueAsync(ctx context.Context, req Request) chan issueResult 
 }
 
 func TestIssueWaitsForTheInformerEvent(t *testing.T) {
-	f := newFixture(t, StaticIssuer(testIssuer))
+	f := newFixture(t, testIssuer)
 	ch := f.issueAsync(f.ctx, testRequest)
 	cr := f.created(t)
 	if cr.Labels[spiffe.NodeLabel] != "node-1" || cr.Annotations[spiffe.IdentityAnnotation] != "spiffe://cluster.local/ns/team-a/sa/app" || cr.Spec.IssuerRef != testIssuer {
@@ -174,7 +180,7 @@ func TestIssueWaitsForTheInformerEvent(t *testing.T) {
 	if !key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(csr.PublicKey) {
 		t.Error("returned key is not the CSR's")
 	}
-	if r.res.Request != "team-a/"+cr.Name || r.res.NotAfter.IsZero() {
+	if r.res.Request != klog.KRef("team-a", cr.Name) || r.res.NotAfter.IsZero() {
 		t.Errorf("result %+v", r.res)
 	}
 	// The request is deleted once the caller is done with it.
@@ -186,28 +192,28 @@ func TestIssueWaitsForTheInformerEvent(t *testing.T) {
 
 func TestIssueDeniedOrFailedCarriesTheMessageVerbatim(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		typ     cmapi.CertificateRequestConditionType
-		st      cmmeta.ConditionStatus
-		reason  string
-		msg     string
-		wantMsg string
+		name       string
+		typ        cmapi.CertificateRequestConditionType
+		st         cmmeta.ConditionStatus
+		reason     string
+		msg        string
+		wantReason failure.Reason
+		wantMsg    string
 	}{
 		{"denied", cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io",
-			`spec.duration: exp="1h0m0s" got="2h0m0s"`, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`},
+			`spec.duration: exp="1h0m0s" got="2h0m0s"`, failure.Denied, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`},
 		{"invalid", cmapi.CertificateRequestConditionInvalidRequest, cmmeta.ConditionTrue, "BadConfig",
-			"issuer does not sign URIs", "request failed: issuer does not sign URIs"},
+			"issuer does not sign URIs", failure.Failed, "request failed: issuer does not sign URIs"},
 		{"ready false failed", cmapi.CertificateRequestConditionReady, cmmeta.ConditionFalse, cmapi.CertificateRequestReasonFailed,
-			"Failed to sign certificate: CA expired", "request failed: Failed to sign certificate: CA expired"},
+			"Failed to sign certificate: CA expired", failure.Failed, "request failed: Failed to sign certificate: CA expired"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, StaticIssuer(testIssuer))
+			f := newFixture(t, testIssuer)
 			ch := f.issueAsync(f.ctx, testRequest)
 			f.setCondition(t, f.created(t), tc.typ, tc.st, tc.reason, tc.msg)
 			r := <-ch
-			var ie *Error
-			if !errors.As(r.err, &ie) || ie.Code != codes.FailedPrecondition || ie.Message != tc.wantMsg {
-				t.Fatalf("got %v, want FailedPrecondition %q", r.err, tc.wantMsg)
+			if failure.ReasonOf(r.err) != tc.wantReason || r.err.Error() != tc.wantMsg {
+				t.Fatalf("got %v (%s), want %s %q", r.err, failure.ReasonOf(r.err), tc.wantReason, tc.wantMsg)
 			}
 			if n := f.count(t); n != 0 {
 				t.Errorf("failed request not deleted (%d left)", n)
@@ -217,13 +223,12 @@ func TestIssueDeniedOrFailedCarriesTheMessageVerbatim(t *testing.T) {
 }
 
 func TestPendingRequestIsResumedNotRecreated(t *testing.T) {
-	f := newFixture(t, StaticIssuer(testIssuer))
+	f := newFixture(t, testIssuer)
 	ctx, cancel := context.WithTimeout(f.ctx, 100*time.Millisecond)
 	defer cancel()
 	_, err := f.client.Issue(ctx, testRequest)
-	var ie *Error
-	if !errors.As(err, &ie) || ie.Code != codes.DeadlineExceeded {
-		t.Fatalf("got %v, want DeadlineExceeded", err)
+	if failure.ReasonOf(err) != failure.Timeout {
+		t.Fatalf("got %v, want a timeout", err)
 	}
 	cr := f.created(t)
 	csr := parseCSR(t, cr.Spec.Request)
@@ -246,11 +251,10 @@ func TestPendingRequestIsResumedNotRecreated(t *testing.T) {
 }
 
 func TestNoIssuer(t *testing.T) {
-	f := newFixture(t, StaticIssuer{})
+	f := newFixture(t, cmmeta.IssuerReference{})
 	_, err := f.client.Issue(f.ctx, testRequest)
-	var ie *Error
-	if !errors.As(err, &ie) || ie.Code != codes.FailedPrecondition || ie.Message != NoIssuerMessage {
-		t.Fatalf("got %v", err)
+	if failure.ReasonOf(err) != failure.NoIssuer || !errors.Is(err, issuer.ErrNoIssuer) || err.Error() != issuer.ErrNoIssuer.Error() {
+		t.Fatalf("got %v, want the no-issuer message", err)
 	}
 	if f.count(t) != 0 {
 		t.Error("a request was created without an issuer")
@@ -270,7 +274,7 @@ func TestStripTransform(t *testing.T) {
 // A pending request deleted while no call waited on it is not resumed for
 // ever: the next call sees it gone and creates a new one.
 func TestPendingDeletedIsRecreated(t *testing.T) {
-	f := newFixture(t, StaticIssuer(testIssuer))
+	f := newFixture(t, testIssuer)
 	ctx, cancel := context.WithTimeout(f.ctx, 200*time.Millisecond)
 	_, err := f.client.Issue(ctx, testRequest)
 	cancel()
@@ -282,7 +286,7 @@ func TestPendingDeletedIsRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for f.client.opts.Waiter.Cached(cr.Namespace, cr.Name) {
+	for f.client.opts.Waiter.cached(cr.Namespace, cr.Name) {
 		if time.Now().After(deadline) {
 			t.Fatal("the informer never saw the delete")
 		}
@@ -300,7 +304,7 @@ func TestPendingDeletedIsRecreated(t *testing.T) {
 // keys are gone), keeps those made since this run started, and only then
 // reports synced.
 func TestSweepOrphans(t *testing.T) {
-	f := newFixture(t, StaticIssuer(testIssuer))
+	f := newFixture(t, testIssuer)
 	if f.client.HasSynced() {
 		t.Fatal("synced before the sweep")
 	}
@@ -314,7 +318,7 @@ func TestSweepOrphans(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for !f.client.opts.Waiter.Cached("team-a", "old") || !f.client.opts.Waiter.Cached("team-a", "new") {
+	for !f.client.opts.Waiter.cached("team-a", "old") || !f.client.opts.Waiter.cached("team-a", "new") {
 		time.Sleep(time.Millisecond)
 	}
 	if err := f.client.SweepOrphans(f.ctx, start); err != nil {

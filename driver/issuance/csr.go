@@ -24,8 +24,8 @@ var (
 	emptySubject = []byte{0x30, 0x00}
 )
 
-// NewKey generates a private key in memory: ECDSA P-256.
-func NewKey() (*ecdsa.PrivateKey, error) {
+// newKey generates a private key in memory: ECDSA P-256.
+func newKey() (*ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate ECDSA P-256 key: %w", err)
@@ -33,10 +33,10 @@ func NewKey() (*ecdsa.PrivateKey, error) {
 	return key, nil
 }
 
-// CreateCSR returns a PEM CSR with an empty subject and a SubjectAltName
+// createCSR returns a PEM CSR with an empty subject and a SubjectAltName
 // extension, marked critical as RFC 5280 requires with an empty subject,
 // holding exactly one URI: the SPIFFE ID.
-func CreateCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
+func createCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
 	san, err := sanExtension(id.String())
 	if err != nil {
 		return nil, err

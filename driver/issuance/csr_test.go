@@ -32,12 +32,12 @@ func parseCSR(t *testing.T, csrPEM []byte) *x509.CertificateRequest {
 }
 
 func TestCreateCSRShape(t *testing.T) {
-	key, err := NewKey()
+	key, err := newKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/team-a/sa/app")
-	csrPEM, err := CreateCSR(key, id)
+	csrPEM, err := createCSR(key, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestCreateCSRShape(t *testing.T) {
 func TestBuildRequest(t *testing.T) {
 	issuer := cmmeta.IssuerReference{Name: "spiffe-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
 	long := string(bytes.Repeat([]byte("n"), 70))
-	cr := BuildRequest(RequestParams{
+	cr := buildRequest(requestParams{
 		DriverName: spiffe.DefaultDriverName, NodeName: long, ID: "spiffe://cluster.local/ns/team-a/sa/app",
 		Namespace: "team-a", PodName: "app-0", PodUID: "uid-1", CSR: []byte("csr"), Duration: time.Hour, Issuer: issuer,
 	})

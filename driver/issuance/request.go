@@ -12,8 +12,8 @@ import (
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
-// RequestParams are the inputs of a CertificateRequest.
-type RequestParams struct {
+// requestParams are the inputs of a CertificateRequest.
+type requestParams struct {
 	DriverName string
 	NodeName   string
 	ID         string
@@ -29,13 +29,13 @@ type RequestParams struct {
 // well inside a name's 253.
 const maxGenerateName = 200
 
-// BuildRequest returns the CertificateRequest to create in the pod's
+// buildRequest returns the CertificateRequest to create in the pod's
 // namespace: named after the pod (generateName, so names never collide),
 // annotated with the identity, labelled for the approver and for this node's
 // informer, owned by the pod so it is garbage-collected with it. The owner
 // reference sets neither controller nor blockOwnerDeletion: the latter needs
 // delete permission on pods, which a pod's ServiceAccount does not have.
-func BuildRequest(p RequestParams) *cmapi.CertificateRequest {
+func buildRequest(p requestParams) *cmapi.CertificateRequest {
 	prefix := p.PodName
 	if len(prefix) > maxGenerateName {
 		prefix = prefix[:maxGenerateName]

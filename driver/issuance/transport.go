@@ -10,9 +10,9 @@ import (
 
 type tokenKey struct{}
 
-// WithToken returns a context whose API requests, sent through a client built
+// withToken returns a context whose API requests, sent through a client built
 // from PodConfig, authenticate with the given pod token.
-func WithToken(ctx context.Context, token string) context.Context {
+func withToken(ctx context.Context, token string) context.Context {
 	return context.WithValue(ctx, tokenKey{}, token)
 }
 

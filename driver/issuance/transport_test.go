@@ -87,7 +87,7 @@ func TestPodRequestsCarryThePodTokenOnly(t *testing.T) {
 		return resp.Body.Close()
 	}
 	for _, tok := range []string{"pod-a", "pod-b", "pod-c"} {
-		if err := get(WithToken(context.Background(), tok)); err != nil {
+		if err := get(withToken(context.Background(), tok)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -115,18 +115,18 @@ func (w *Waiter) notify(obj any, deleted bool) {
 	}
 }
 
-// List is every request of this node in the cache.
-func (w *Waiter) List() []any { return w.informer.GetStore().List() }
+// list is every request of this node in the cache.
+func (w *Waiter) list() []any { return w.informer.GetStore().List() }
 
-// Cached reports whether the informer's cache holds the request.
-func (w *Waiter) Cached(namespace, name string) bool {
+// cached reports whether the informer's cache holds the request.
+func (w *Waiter) cached(namespace, name string) bool {
 	_, exists, err := w.informer.GetStore().GetByKey(namespace + "/" + name)
 	return err == nil && exists
 }
 
-// Wait blocks until the request namespace/name is issued, denied or failed,
+// wait blocks until the request namespace/name is issued, denied or failed,
 // it is deleted, or ctx is done.
-func (w *Waiter) Wait(ctx context.Context, namespace, name string) (*cmapi.CertificateRequest, error) {
+func (w *Waiter) wait(ctx context.Context, namespace, name string) (*cmapi.CertificateRequest, error) {
 	key := namespace + "/" + name
 	wt := &waiter{wake: make(chan struct{}, 1)}
 	w.mu.Lock()

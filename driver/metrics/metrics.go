@@ -4,11 +4,14 @@ package metrics
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/svid-csi/svid-csi/driver/failure"
 )
 
 const namespace = "svid_csi_driver"
@@ -21,12 +24,11 @@ type Metrics struct {
 	issuances        *prometheus.CounterVec
 	failures         *prometheus.CounterVec
 	renewals         *prometheus.CounterVec
-	volumes          prometheus.Gauge
 }
 
-// New registers the metrics; earliestExpiry reports the earliest NotAfter of
-// all managed certificates (zero when there is none).
-func New(earliestExpiry func() time.Time) *Metrics {
+// New registers the metrics of issuance and renewal; ObserveVolumes adds
+// those of the volumes once their owner exists.
+func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
@@ -41,30 +43,56 @@ func New(earliestExpiry func() time.Time) *Metrics {
 		}, []string{"trigger"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "issuance_failures_total",
-			Help: "Failed issuances, by trigger and reason (denied, failed, no_issuer, timeout, api, local).",
+			Help: "Failed issuances, by trigger and reason (" + strings.Join(reasons(), ", ") + ").",
 		}, []string{"trigger", "reason"}),
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "renewals_total",
 			Help: "Renewal attempts, by result (success, failure).",
 		}, []string{"result"}),
-		volumes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "managed_volumes",
-			Help: "Volumes currently published and managed by this driver.",
-		}),
 	}
-	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "earliest_expiry_seconds",
-		Help: "Seconds until the earliest certificate of any managed volume expires (0 with no volume; negative when expired).",
-	}, func() float64 {
-		t := earliestExpiry()
-		if t.IsZero() {
-			return 0
-		}
-		return time.Until(t).Seconds()
-	})
-	reg.MustRegister(m.issuanceDuration, m.issuances, m.failures, m.renewals, m.volumes, expiry,
+	reg.MustRegister(m.issuanceDuration, m.issuances, m.failures, m.renewals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func reasons() []string {
+	var s []string
+	for _, r := range failure.Issuance {
+		s = append(s, string(r))
+	}
+	return s
+}
+
+// Volumes is what the volume gauges read at scrape time.
+type Volumes interface {
+	// Len is the number of volumes managed.
+	Len() int
+	// EarliestExpiry is the earliest NotAfter of all volumes (zero with none).
+	EarliestExpiry() time.Time
+}
+
+// ObserveVolumes registers the gauges read from the volumes' owner. Call it
+// once.
+func (m *Metrics) ObserveVolumes(v Volumes) {
+	if m == nil {
+		return
+	}
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "managed_volumes",
+			Help: "Volumes currently published and managed by this driver.",
+		}, func() float64 { return float64(v.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "earliest_expiry_seconds",
+			Help: "Seconds until the earliest certificate of any managed volume expires (0 with no volume; negative when expired).",
+		}, func() float64 {
+			t := v.EarliestExpiry()
+			if t.IsZero() {
+				return 0
+			}
+			return time.Until(t).Seconds()
+		}),
+	)
 }
 
 // Handler serves the registry.
@@ -82,12 +110,12 @@ func (m *Metrics) Issued(trigger string, d time.Duration) {
 }
 
 // Failed records a failed issuance.
-func (m *Metrics) Failed(trigger, reason string, d time.Duration) {
+func (m *Metrics) Failed(trigger string, reason failure.Reason, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.issuanceDuration.WithLabelValues(trigger).Observe(d.Seconds())
-	m.failures.WithLabelValues(trigger, reason).Inc()
+	m.failures.WithLabelValues(trigger, string(reason)).Inc()
 }
 
 // Renewed records a renewal attempt.
@@ -100,12 +128,4 @@ func (m *Metrics) Renewed(ok bool) {
 		result = "failure"
 	}
 	m.renewals.WithLabelValues(result).Inc()
-}
-
-// SetVolumes sets the number of managed volumes.
-func (m *Metrics) SetVolumes(n int) {
-	if m == nil {
-		return
-	}
-	m.volumes.Set(float64(n))
 }

@@ -6,14 +6,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svid-csi/svid-csi/driver/failure"
 )
 
+type volumes struct{ n int }
+
+func (v volumes) Len() int                  { return v.n }
+func (v volumes) EarliestExpiry() time.Time { return time.Now().Add(time.Hour) }
+
 func TestMetrics(t *testing.T) {
-	m := New(func() time.Time { return time.Now().Add(time.Hour) })
+	m := New()
+	m.ObserveVolumes(volumes{n: 3})
 	m.Issued("publish", 200*time.Millisecond)
-	m.Failed("renew", "denied", time.Second)
+	m.Failed("renew", failure.Denied, time.Second)
 	m.Renewed(true)
-	m.SetVolumes(3)
 	var nilMetrics *Metrics
 	nilMetrics.Issued("publish", time.Second) // a nil *Metrics records nothing
 
@@ -27,6 +34,8 @@ func TestMetrics(t *testing.T) {
 		`svid_csi_driver_renewals_total{result="success"} 1`,
 		`svid_csi_driver_managed_volumes 3`,
 		`svid_csi_driver_earliest_expiry_seconds 3599`,
+		// The help lists every issuance reason, from the one declaration.
+		`reason (no_issuer, invalid, forbidden, rejected, api, timeout, denied, failed, token, local)`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %s", want)

@@ -15,9 +15,9 @@ import (
 	mountutils "k8s.io/mount-utils"
 )
 
-// DefaultSize is the size limit of each volume's tmpfs: a certificate chain
+// defaultSize is the size limit of each volume's tmpfs: a certificate chain
 // and a key need a few KiB; the limit only stops a runaway writer.
-const DefaultSize = "4m"
+const defaultSize = "4m"
 
 // tmpfsFlags are the mount flags of every volume: nothing on it may be a
 // set-uid program, a device node or an executable.
@@ -62,7 +62,7 @@ func New() *Mounter {
 		// The zero mount-utils Mounter: its IsLikelyNotMountPoint only calls
 		// statx(2). mountutils.New would exec umount(8) to probe its behaviour.
 		checker: &mountutils.Mounter{},
-		data:    tmpfsData(DefaultSize),
+		data:    tmpfsData(defaultSize),
 		mount:   sysMount,
 		unmount: sysUnmount,
 	}
@@ -74,7 +74,7 @@ func NewFake() *Mounter {
 	fm := mountutils.NewFakeMounter(nil)
 	return &Mounter{
 		checker: fm,
-		data:    tmpfsData(DefaultSize),
+		data:    tmpfsData(defaultSize),
 		mount: func(target, data string) error {
 			return fm.Mount("tmpfs", target, "tmpfs", []string{data, "nosuid", "nodev", "noexec"})
 		},

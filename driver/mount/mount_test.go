@@ -117,7 +117,7 @@ func TestRealCleanupStacked(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // what MountTmpfs never does: mount over a mount
-		if err := sysMount(target, tmpfsData(DefaultSize)); err != nil {
+		if err := sysMount(target, tmpfsData(defaultSize)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -154,7 +154,7 @@ func TestRealMountError(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := sysMount(file+"/x", tmpfsData(DefaultSize)) // a path under a regular file
+	err := sysMount(file+"/x", tmpfsData(defaultSize)) // a path under a regular file
 	if err == nil {
 		t.Fatal("mount under a file succeeded")
 	}

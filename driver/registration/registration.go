@@ -6,21 +6,23 @@ package registration
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 	regapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/driver/socket"
 )
 
-// SupportedVersions are the CSI versions the driver tells the kubelet.
-var SupportedVersions = []string{"1.0.0"}
+// supportedVersions are the CSI versions the driver tells the kubelet.
+var supportedVersions = []string{"1.0.0"}
+
+// gracePeriod bounds how long a stop waits for the kubelet's calls.
+const gracePeriod = 5 * time.Second
 
 // SocketPath is where the kubelet looks for the driver's registration socket.
 func SocketPath(kubeletRootDir, driverName string) string {
@@ -33,7 +35,6 @@ type Server struct {
 
 	driverName string
 	endpoint   string
-	registered atomic.Bool
 	logger     klog.Logger
 }
 
@@ -49,57 +50,26 @@ func (s *Server) GetInfo(context.Context, *regapi.InfoRequest) (*regapi.PluginIn
 		Type:              regapi.CSIPlugin,
 		Name:              s.driverName,
 		Endpoint:          s.endpoint,
-		SupportedVersions: SupportedVersions,
+		SupportedVersions: supportedVersions,
 	}, nil
 }
 
 // NotifyRegistrationStatus implements the registration API.
 func (s *Server) NotifyRegistrationStatus(_ context.Context, st *regapi.RegistrationStatus) (*regapi.RegistrationStatusResponse, error) {
-	s.registered.Store(st.PluginRegistered)
 	if st.PluginRegistered {
-		s.logger.Info("Registered with the kubelet", "endpoint", s.endpoint)
+		s.logger.Info("Registered with the kubelet", logkey.Socket, s.endpoint)
 	} else {
-		s.logger.Error(errors.New(st.Error), "The kubelet refused the registration", "endpoint", s.endpoint)
+		s.logger.Error(errors.New(st.Error), "The kubelet refused the registration", logkey.Socket, s.endpoint)
 	}
 	return &regapi.RegistrationStatusResponse{}, nil
 }
 
-// Registered reports whether the kubelet said it registered the driver.
-func (s *Server) Registered() bool { return s.registered.Load() }
-
-// Run serves the registration socket at path until ctx is done, then removes
-// it (the kubelet then deregisters the driver).
-func (s *Server) Run(ctx context.Context, path string) error {
+// Serve serves the registration socket on lis (see socket.Listen and
+// SocketPath) until ctx is done; the socket goes with it, and the kubelet
+// then deregisters the driver.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.logger = klog.FromContext(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale registration socket %s: %w", path, err)
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("listen on registration socket %s: %w", path, err)
-	}
 	srv := grpc.NewServer()
 	regapi.RegisterRegistrationServer(srv, s)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		t := time.AfterFunc(5*time.Second, srv.Stop)
-		srv.GracefulStop()
-		t.Stop()
-	}()
-	s.logger.Info("Serving kubelet plugin registration", "socket", path)
-	err = srv.Serve(lis)
-	cancel() // also when Serve failed on its own
-	<-stopped
-	_ = os.Remove(path)
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve registration socket: %w", err)
-	}
-	return nil
+	return socket.Serve(ctx, "kubelet plugin registration", srv, lis, gracePeriod)
 }

@@ -10,22 +10,20 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // Meta is what the driver persists about a published volume, on the host's
 // tmpfs data root. It never holds a token or a key: the key lives only in the
-// volume's own tmpfs, the token only in memory.
+// volume's own tmpfs, the token only in memory. Nor does it hold the
+// certificate's validity: the certificate in the volume is its one source.
 type Meta struct {
-	VolumeID       string    `json:"volumeID"`
-	TargetPath     string    `json:"targetPath"`
-	PodNamespace   string    `json:"podNamespace"`
-	PodName        string    `json:"podName"`
-	PodUID         string    `json:"podUID"`
-	ServiceAccount string    `json:"serviceAccount"`
-	FSGroup        int64     `json:"fsGroup"` // -1 when none
-	NotBefore      time.Time `json:"notBefore"`
-	NotAfter       time.Time `json:"notAfter"`
+	VolumeID       string `json:"volumeID"`
+	TargetPath     string `json:"targetPath"`
+	PodNamespace   string `json:"podNamespace"`
+	PodName        string `json:"podName"`
+	PodUID         string `json:"podUID"`
+	ServiceAccount string `json:"serviceAccount"`
+	FSGroup        int64  `json:"fsGroup"` // -1 when none
 }
 
 // Store keeps one metadata file per volume under <root>/volumes.

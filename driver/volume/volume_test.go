@@ -143,9 +143,8 @@ func TestStoreRoundTripAndRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	na := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	metas := []Meta{
-		{VolumeID: "csi-abc", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/spiffe/mount", PodNamespace: "ns", PodName: "p", PodUID: "u", ServiceAccount: "sa", FSGroup: 1000, NotAfter: na},
+		{VolumeID: "csi-abc", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/spiffe/mount", PodNamespace: "ns", PodName: "p", PodUID: "u", ServiceAccount: "sa", FSGroup: 1000},
 		{VolumeID: "weird/id with spaces", TargetPath: "/t", FSGroup: -1},
 	}
 	for _, m := range metas {
@@ -173,7 +172,7 @@ func TestStoreRoundTripAndRecovery(t *testing.T) {
 	for _, m := range got {
 		byID[m.VolumeID] = m
 	}
-	if m := byID["csi-abc"]; m.TargetPath != metas[0].TargetPath || !m.NotAfter.Equal(na) || m.FSGroup != 1000 || m.PodUID != "u" {
+	if m := byID["csi-abc"]; m.TargetPath != metas[0].TargetPath || m.FSGroup != 1000 || m.PodUID != "u" {
 		t.Errorf("recovered %+v", m)
 	}
 	entries, _ := os.ReadDir(filepath.Join(root, "volumes"))

@@ -23,15 +23,15 @@ import (
 
 // Keys of the runtime issuance ConfigMap; all are required and non-empty.
 const (
-	KeyName  = "issuer-name"
-	KeyKind  = "issuer-kind"
-	KeyGroup = "issuer-group"
+	keyName  = "issuer-name"
+	keyKind  = "issuer-kind"
+	keyGroup = "issuer-group"
 )
 
 // ErrNoIssuer is returned to callers when no issuer is active; its message
 // says how to configure one.
 var ErrNoIssuer = errors.New("no issuer is configured: set --issuer-name (with --issuer-kind and --issuer-group), " +
-	"or the keys " + KeyName + ", " + KeyKind + " and " + KeyGroup + " of the ConfigMap named by --runtime-issuance-configmap")
+	"or the keys " + keyName + ", " + keyKind + " and " + keyGroup + " of the ConfigMap named by --runtime-issuance-configmap")
 
 // Options configure a Tracker.
 type Options struct {
@@ -199,7 +199,7 @@ func (t *Tracker) evaluate() (cmmeta.IssuerReference, bool, string) {
 	if !isCM {
 		return t.fromFlags(fmt.Sprintf("ConfigMap %s unreadable", t.cmName))
 	}
-	ref, err := FromConfigMap(cm)
+	ref, err := fromConfigMap(cm)
 	if err != nil {
 		return t.fromFlags(fmt.Sprintf("ConfigMap %s invalid: %v", t.cmName, err))
 	}
@@ -213,9 +213,9 @@ func (t *Tracker) fromFlags(why string) (cmmeta.IssuerReference, bool, string) {
 	return t.flags, true, why + "; using the issuer from flags"
 }
 
-// FromConfigMap reads an issuer from a runtime issuance ConfigMap; every key
+// fromConfigMap reads an issuer from a runtime issuance ConfigMap; every key
 // must be present and non-empty.
-func FromConfigMap(cm *corev1.ConfigMap) (cmmeta.IssuerReference, error) {
+func fromConfigMap(cm *corev1.ConfigMap) (cmmeta.IssuerReference, error) {
 	var missing []string
 	get := func(key string) string {
 		v := cm.Data[key]
@@ -224,7 +224,7 @@ func FromConfigMap(cm *corev1.ConfigMap) (cmmeta.IssuerReference, error) {
 		}
 		return v
 	}
-	ref := cmmeta.IssuerReference{Name: get(KeyName), Kind: get(KeyKind), Group: get(KeyGroup)}
+	ref := cmmeta.IssuerReference{Name: get(keyName), Kind: get(keyKind), Group: get(keyGroup)}
 	if len(missing) > 0 {
 		return cmmeta.IssuerReference{}, fmt.Errorf("missing or empty keys: %s", strings.Join(missing, ", "))
 	}

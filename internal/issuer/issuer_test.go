@@ -32,7 +32,7 @@ func configMap(data map[string]string) *corev1.ConfigMap {
 }
 
 func validData() map[string]string {
-	return map[string]string{KeyName: cmIssuer.Name, KeyKind: cmIssuer.Kind, KeyGroup: cmIssuer.Group}
+	return map[string]string{keyName: cmIssuer.Name, keyKind: cmIssuer.Kind, keyGroup: cmIssuer.Group}
 }
 
 // start runs a Tracker until the test ends and waits for it to sync.
@@ -103,7 +103,7 @@ func TestValidConfigMapWithoutFlags(t *testing.T) {
 }
 
 func TestInvalidConfigMapFallsBackToFlags(t *testing.T) {
-	for _, key := range []string{KeyName, KeyKind, KeyGroup} {
+	for _, key := range []string{keyName, keyKind, keyGroup} {
 		t.Run("missing "+key, func(t *testing.T) {
 			data := validData()
 			delete(data, key)
@@ -121,7 +121,7 @@ func TestInvalidConfigMapFallsBackToFlags(t *testing.T) {
 
 func TestInvalidConfigMapWithoutFlagsIsNotOK(t *testing.T) {
 	data := validData()
-	delete(data, KeyGroup)
+	delete(data, keyGroup)
 	tr, _ := start(t, cmmeta.IssuerReference{}, true, configMap(data))
 	wantCurrent(t, tr, cmmeta.IssuerReference{}, false)
 }
@@ -137,7 +137,7 @@ func TestConfigMapChangesAtRunTime(t *testing.T) {
 	wantCurrent(t, tr, cmIssuer, true)
 
 	invalid := configMap(validData())
-	invalid.Data[KeyKind] = ""
+	invalid.Data[keyKind] = ""
 	if _, err := cms.Update(t.Context(), invalid, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestNewRejectsFlagIssuerWithoutKind(t *testing.T) {
 }
 
 func TestErrNoIssuerSaysHowToConfigure(t *testing.T) {
-	for _, want := range []string{"--issuer-name", "--runtime-issuance-configmap", KeyName, KeyKind, KeyGroup} {
+	for _, want := range []string{"--issuer-name", "--runtime-issuance-configmap", keyName, keyKind, keyGroup} {
 		if !strings.Contains(ErrNoIssuer.Error(), want) {
 			t.Errorf("ErrNoIssuer = %q, does not mention %q", ErrNoIssuer, want)
 		}

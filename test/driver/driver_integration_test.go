@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -31,15 +33,24 @@ import (
 // the request was made as the pod's ServiceAccount and is gone once the
 // files are written; republish is free; unpublish leaves nothing behind.
 func TestPodLifecycle(t *testing.T) {
-	for _, inSecrets := range []bool{true, false} {
-		name := "life-ctx"
-		if inSecrets {
-			name = "life-sec"
-		}
+	for _, c := range []struct {
+		name string
+		opts nodeOpts
+	}{
+		{"life-sec", nodeOpts{tokenInSecrets: true}},
+		{"life-ctx", nodeOpts{}},
+		// The driver's kubeconfig holds a client certificate (the bed's admin,
+		// so the audit count below does not see the driver's own calls): the
+		// API server authenticates a client certificate before any bearer
+		// token, so the request is made as the pod only if the driver sends
+		// none of its own credentials with the pod's token.
+		{"life-cert", nodeOpts{kubeconfig: bed.AdminKubeconfig}},
+	} {
+		name := c.name
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			n := startNode(t, name, nodeOpts{tokenInSecrets: inSecrets})
+			n := startNode(t, name, c.opts)
 			ns := newTenant(t, name)
 			w, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).Watch(ctx, metav1.ListOptions{})
 			if err != nil {
@@ -51,6 +62,10 @@ func TestPodLifecycle(t *testing.T) {
 			v := n.pod(t, ns, "web", map[string]string{"spiffe.csi.cert-manager.io/fs-group": "4321"}, nil)
 			if err := n.kubelet.Publish(ctx, v); err != nil {
 				t.Fatalf("NodePublishVolume: %v\n%s", err, n.driver.Tail(4096))
+			}
+			// Deleted before the publish answers, not eventually.
+			if left := requestsIn(t, ns); left != 0 {
+				t.Errorf("%d CertificateRequests left once the publish returned", left)
 			}
 			cert := svid(t, v, id(ns))
 			if !isMountPoint(t, v.TargetPath) {
@@ -112,13 +127,7 @@ func TestPodLifecycle(t *testing.T) {
 			if err := n.kubelet.DeletePod(ctx, v); err != nil {
 				t.Fatal(err)
 			}
-			if isMountPoint(t, v.TargetPath) {
-				t.Fatal("still mounted after unpublish")
-			}
-			if _, err := os.Stat(v.TargetPath); !os.IsNotExist(err) {
-				t.Fatalf("target still there: %v", err)
-			}
-			assertNoState(t, n, v.VolumeID)
+			assertUnpublished(t, n, v)
 			waitNoRequests(t, ns)
 			// Unpublish is idempotent, also for ids it never knew.
 			if err := n.kubelet.Unpublish(ctx, v); err != nil {
@@ -129,6 +138,18 @@ func TestPodLifecycle(t *testing.T) {
 }
 
 // assertNoState checks that nothing of the volume is left in the data root.
+// assertUnpublished: no mount, no target, no state left of the volume.
+func assertUnpublished(t *testing.T, n *node, v *testbed.PodVolume) {
+	t.Helper()
+	if isMountPoint(t, v.TargetPath) {
+		t.Fatal("still mounted after unpublish")
+	}
+	if _, err := os.Stat(v.TargetPath); !os.IsNotExist(err) {
+		t.Fatalf("target still there after unpublish: %v", err)
+	}
+	assertNoState(t, n, v.VolumeID)
+}
+
 func assertNoState(t *testing.T, n *node, volumeID string) {
 	t.Helper()
 	err := filepath.Walk(n.dataRoot, func(path string, info os.FileInfo, err error) error {
@@ -193,9 +214,11 @@ func TestFiftyPods(t *testing.T) {
 }
 
 // TestRenewalSurvivesRestart: with 2-minute certificates, the driver is
-// killed (-9) mid-life and started again; the kubelet keeps republishing;
-// the certificate is renewed (new key) before it expires, and old requests
-// are deleted.
+// killed (-9) mid-life and started again; it finds the volume again in its
+// state and republishes make no request; the kubelet keeps republishing; the
+// certificate is renewed (new serial, new key) before it expires, as the pod,
+// and old requests are deleted; unpublish of the recovered volume leaves
+// nothing behind.
 func TestRenewalSurvivesRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -215,6 +238,7 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	// the restarted driver must delete it rather than let it wait for its pod.
 	orphan := leftoverRequest(t, ctx, n, ns)
 	time.Sleep(5 * time.Second)
+	logFrom := n.logSize()
 	n.driver.Stop(syscall.SIGKILL, 5*time.Second)
 	n.startDriver()
 	n.waitReady()
@@ -225,25 +249,107 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 		t.Fatalf("the previous run's pending request %s is still there once the driver is ready: %v", orphan, err)
 	}
 
-	deadline := first.NotAfter.Add(-10 * time.Second)
-	for {
-		cur := svid(t, v, id(ns))
-		if !bytes.Equal(cur.Raw, first.Raw) {
-			if cur.PublicKey.(*ecdsa.PublicKey).Equal(first.PublicKey) {
-				t.Fatal("renewal reused the old key")
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not renewed before expiry (%s)\n%s", first.NotAfter, n.driver.Tail(8192))
-		}
-		time.Sleep(500 * time.Millisecond)
+	// The new run found the volume again in its state: republishes of it,
+	// long before its renewal is due, make no API call.
+	n.waitLogLine(logFrom, "Recovered volume", v.VolumeID)
+	time.Sleep(time.Second) // let the audit log catch up with the sweep
+	before := auditCount(t, ns)
+	if err := n.kubelet.Publish(ctx, v); err != nil {
+		t.Fatalf("republish after the restart: %v", err)
 	}
+	if cur := svid(t, v, id(ns)); !bytes.Equal(cur.Raw, first.Raw) {
+		t.Fatal("republish after the restart rewrote the certificate")
+	}
+	time.Sleep(time.Second)
+	if after := auditCount(t, ns); after != before {
+		t.Fatalf("republish after the restart made %d API requests on CertificateRequests, want 0", after-before)
+	}
+
+	waitRenewed(t, n, v, first, first.NotAfter.Add(-10*time.Second))
 	waitNoRequests(t, ns)
+	waitCreatedAsPod(t, ns, 2) // the publish's and the renewal's
 	stopRepublish()
 	waitRepublish()
 	if err := n.kubelet.DeletePod(ctx, v); err != nil {
 		t.Fatal(err)
+	}
+	assertUnpublished(t, n, v)
+}
+
+// TestShortCertificatesRenew: 30 s certificates, republished every second,
+// are renewed before they expire: a new serial and key, the request made
+// as the pod with its fresh token, and deleted after.
+func TestShortCertificatesRenew(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := startNode(t, "short", nodeOpts{duration: 30 * time.Second})
+	ns := newTenant(t, "short")
+	v := n.pod(t, ns, "web", nil, nil)
+	if err := n.kubelet.Publish(ctx, v); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	first := svid(t, v, id(ns))
+	if life := first.NotAfter.Sub(first.NotBefore); life > time.Minute {
+		t.Fatalf("certificate valid for %s, want about 30 s", life)
+	}
+
+	repCtx, stopRepublish := context.WithCancel(ctx)
+	waitRepublish := n.kubelet.Republish(repCtx, v, time.Second, nil)
+	defer func() { stopRepublish(); waitRepublish() }()
+	renewed := waitRenewed(t, n, v, first, first.NotAfter)
+	t.Logf("renewed %s after issuance: NotAfter %s -> %s", renewed.NotBefore.Sub(first.NotBefore).Round(time.Second), first.NotAfter, renewed.NotAfter)
+	if !renewed.NotAfter.After(first.NotAfter) {
+		t.Errorf("renewed certificate expires %s, not after the old one (%s)", renewed.NotAfter, first.NotAfter)
+	}
+	waitNoRequests(t, ns)
+	waitCreatedAsPod(t, ns, 2) // the publish's and the renewal's
+	stopRepublish()
+	waitRepublish()
+	if err := n.kubelet.DeletePod(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRenewed waits, until deadline, for v's certificate to be replaced by a
+// renewal: a new serial and a new key. It returns the new certificate.
+func waitRenewed(t *testing.T, n *node, v *testbed.PodVolume, first *x509.Certificate, deadline time.Time) *x509.Certificate {
+	t.Helper()
+	ns := v.Pod.Namespace
+	for {
+		cur := svid(t, v, id(ns))
+		if !bytes.Equal(cur.Raw, first.Raw) {
+			if cur.SerialNumber.Cmp(first.SerialNumber) == 0 {
+				t.Fatalf("renewed certificate has the old serial %s", first.SerialNumber)
+			}
+			if cur.PublicKey.(*ecdsa.PublicKey).Equal(first.PublicKey) {
+				t.Fatal("renewal reused the old key")
+			}
+			return cur
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not renewed before %s (certificate valid until %s)\n%s", deadline, first.NotAfter, n.driver.Tail(8192))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// waitCreatedAsPod waits until the API server has seen at least want
+// requests created in ns, the test's own left out, and checks that each was
+// made as the pod's ServiceAccount.
+func waitCreatedAsPod(t *testing.T, ns string, want int) {
+	t.Helper()
+	var got []string
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		got = creators(t, ns)
+		return len(got) >= want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d CertificateRequests created in %s (by %q), want at least %d", len(got), ns, got, want)
+	}
+	for _, u := range got {
+		if u != spiffe.ServiceAccountUsername(ns, "app") {
+			t.Errorf("a CertificateRequest was created by %q, want the pod's ServiceAccount", u)
+		}
 	}
 }
 

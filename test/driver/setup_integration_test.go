@@ -88,6 +88,8 @@ type nodeOpts struct {
 	duration       time.Duration // certificate-request-duration for driver and approver
 	driverTD       string        // trust domain of the driver (default cluster.local)
 	tokenInSecrets bool
+	// kubeconfig is the driver's (default: its ServiceAccount's token kubeconfig).
+	kubeconfig string
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -98,6 +100,9 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	}
 	if o.driverTD == "" {
 		o.driverTD = "cluster.local"
+	}
+	if o.kubeconfig == "" {
+		o.kubeconfig = serviceAccountKubeconfig(t, "svid-csi-driver")
 	}
 	n := &node{t: t, name: name, driverName: name + ".spiffe.test", dir: filepath.Join(bed.Dir, name)}
 	n.dataRoot, n.kubeletDir = filepath.Join(n.dir, "data"), filepath.Join(n.dir, "kubelet")
@@ -141,7 +146,7 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 
 	n.metrics = "127.0.0.1:" + strconv.Itoa(ports[1])
 	n.args = []string{
-		"--kubeconfig=" + serviceAccountKubeconfig(t, "svid-csi-driver"),
+		"--kubeconfig=" + o.kubeconfig,
 		"--driver-name=" + n.driverName, "--node-id=" + name,
 		"--endpoint=unix://" + n.socket,
 		"--data-root=" + n.dataRoot, "--kubelet-root-dir=" + n.kubeletDir,
@@ -181,6 +186,51 @@ func (n *node) startDriver() {
 		n.t.Fatal(err)
 	}
 }
+
+// logSize is the length of the driver's log so far: what a restart writes
+// comes after it.
+func (n *node) logSize() int64 {
+	n.t.Helper()
+	st, err := os.Stat(n.driver.LogFile)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// waitLogLine waits for a line of the driver's log, written after offset,
+// that contains every one of parts.
+func (n *node) waitLogLine(offset int64, parts ...string) {
+	n.t.Helper()
+	var log string
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		data, err := os.ReadFile(n.driver.LogFile)
+		if err != nil || int64(len(data)) < offset {
+			return false, err
+		}
+		log = string(data[offset:])
+		for _, line := range strings.Split(log, "\n") {
+			if containsAll(line, parts) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		n.t.Fatalf("no driver log line with %q: %v; log since:\n%s", parts, err, tail(log, 8192))
+	}
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func tail(s string, n int) string { return s[max(0, len(s)-n):] }
 
 // waitReady waits for the driver's Probe to answer ready over its socket.
 func (n *node) waitReady() {
@@ -309,6 +359,24 @@ func freePorts(t testing.TB, n int) []int {
 }
 
 func id(ns string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/app" }
+
+// creators are the users who created CertificateRequests in ns, as the API
+// server authenticated them, one per request (the test itself left out).
+func creators(t testing.TB, ns string) []string {
+	t.Helper()
+	evs, err := bed.AuditEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ev := range evs {
+		if ev.ObjectRef.Namespace == ns && ev.ObjectRef.Resource == "certificaterequests" && ev.ObjectRef.Subresource == "" &&
+			ev.Verb == "create" && ev.ResponseStatus.Code == 201 && ev.User.Username != testbed.AdminUser {
+			out = append(out, ev.User.Username)
+		}
+	}
+	return out
+}
 
 // auditCount is how many requests on CertificateRequests in ns the API
 // server served to anyone but the test itself.

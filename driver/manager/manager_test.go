@@ -1,0 +1,428 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/svid-csi/svid-csi/driver/failure"
+	"github.com/svid-csi/svid-csi/driver/manager/managertest"
+	"github.com/svid-csi/svid-csi/driver/metrics"
+	"github.com/svid-csi/svid-csi/driver/mount"
+	"github.com/svid-csi/svid-csi/driver/renew"
+	"github.com/svid-csi/svid-csi/driver/volume"
+)
+
+type testManager struct {
+	m       *Manager
+	issuer  *managertest.Issuer
+	mounter *managertest.CountingMounter
+	store   *volume.Store
+	dir     string
+	ctx     context.Context
+}
+
+type option func(*Options)
+
+// start runs a Manager with a fake issuer and mounter, recovered and with
+// its renewals running until the test ends.
+func start(t *testing.T, opts ...option) *testManager {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := volume.NewStore(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi := managertest.NewIssuer()
+	cm := &managertest.CountingMounter{Interface: mount.NewFake()}
+	o := Options{Issuer: fi, Mounter: cm, Store: store, Files: FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if c, ok := o.Clock.(clock.PassiveClock); ok && c != nil {
+		fi.Clock = c
+	}
+	m, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	if err := m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { m.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return &testManager{m: m, issuer: fi, mounter: cm, store: store, dir: dir, ctx: ctx}
+}
+
+// meta is what the CSI layer hands over for an inline volume of a pod.
+func (tm *testManager) meta(volID string) volume.Meta {
+	return meta(tm.dir, volID)
+}
+
+func meta(dir, volID string) volume.Meta {
+	return volume.Meta{
+		VolumeID: volID, TargetPath: filepath.Join(dir, "pods", volID, "mount"),
+		PodNamespace: "team-a", PodName: "app-" + volID, PodUID: "uid-" + volID, ServiceAccount: "app", FSGroup: -1,
+	}
+}
+
+func token(value string) Token { return Token{Value: value, Expiry: time.Now().Add(time.Hour)} }
+
+// eventually waits for cond; tests only.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestPublishSchedulesAndUnpublishForgetsEverything(t *testing.T) {
+	tm := start(t)
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := managertest.ReadPair(t, md.TargetPath)
+	if !managertest.Matches(key, cert) {
+		t.Fatal("key does not match certificate")
+	}
+	if due, ok := tm.m.sched.Due("vol-1"); !ok || due.After(cert.NotBefore.Add(40*time.Minute)) || due.Before(cert.NotBefore.Add(34*time.Minute)) {
+		t.Errorf("renewal due %v (ok=%v), want within [34m, 40m] of %v", due, ok, cert.NotBefore)
+	}
+	// The validity is held once, from the certificate written.
+	if nb, na := tm.m.lookup("vol-1").validity(); !nb.Equal(cert.NotBefore) || !na.Equal(cert.NotAfter) {
+		t.Errorf("validity %v..%v, want %v..%v", nb, na, cert.NotBefore, cert.NotAfter)
+	}
+	if !tm.m.EarliestExpiry().Equal(cert.NotAfter) || tm.m.Len() != 1 {
+		t.Errorf("EarliestExpiry %v Len %d", tm.m.EarliestExpiry(), tm.m.Len())
+	}
+	if got := tm.issuer.Released(); len(got) != 1 || got[0] != "vol-1" {
+		t.Errorf("released = %v, want the request deleted once written", got)
+	}
+	if err := tm.m.Unpublish(tm.ctx, "vol-1", md.TargetPath); err != nil {
+		t.Fatal(err)
+	}
+	if tm.m.lookup("vol-1") != nil || tm.m.sched.Len() != 0 || tm.m.Len() != 0 {
+		t.Error("volume still managed or scheduled")
+	}
+	if err := tm.m.Published("vol-1", ""); failure.ReasonOf(err) != failure.NotFound {
+		t.Errorf("Published after unpublish = %v, want NotFound", err)
+	}
+}
+
+func TestRepublishOfHealthyVolumeOnlyKeepsToken(t *testing.T) {
+	tm := start(t)
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	link, _ := os.Readlink(filepath.Join(md.TargetPath, "..data"))
+	before, _ := os.ReadFile(filepath.Join(md.TargetPath, "tls.key"))
+	tm.issuer.Fail(failure.New(failure.API, "API down"))
+	for i := range 5 {
+		if err := tm.m.Publish(tm.ctx, md, token("tok-"+string(rune('2'+i)))); err != nil {
+			t.Fatalf("republish %d: %v", i, err)
+		}
+	}
+	if n := len(tm.issuer.Calls()); n != 1 {
+		t.Errorf("issuances = %d, want 1", n)
+	}
+	if l, _ := os.Readlink(filepath.Join(md.TargetPath, "..data")); l != link {
+		t.Errorf("..data changed from %s to %s: republish wrote files", link, l)
+	}
+	if after, _ := os.ReadFile(filepath.Join(md.TargetPath, "tls.key")); !bytes.Equal(before, after) {
+		t.Error("key changed on republish")
+	}
+	if tok, _ := tm.m.lookup("vol-1").freshToken(time.Now()); tok != "tok-6" {
+		t.Errorf("token kept = %q, want the latest", tok)
+	}
+	// A republish elsewhere, or for another pod, is a conflict.
+	other := md
+	other.TargetPath += "-elsewhere"
+	if err := tm.m.Publish(tm.ctx, other, token("x")); failure.ReasonOf(err) != failure.Conflict {
+		t.Errorf("publish at another path: %v, want a conflict", err)
+	}
+	other = md
+	other.PodUID = "another-pod"
+	if err := tm.m.Publish(tm.ctx, other, token("x")); failure.ReasonOf(err) != failure.Conflict {
+		t.Errorf("publish for another pod: %v, want a conflict", err)
+	}
+}
+
+func TestRenewalWithLatestTokenAndBackoff(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	fc := clocktesting.NewFakeClock(t0)
+	tm := start(t, func(o *Options) {
+		o.Clock = fc
+		o.Jitter = func() float64 { return 0.5 }
+	})
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	oldCert, _ := managertest.ReadPair(t, md.TargetPath)
+	// 2/3 of 1h = 40m, minus 0.5 of the 6m window.
+	wantDue := t0.Add(37 * time.Minute)
+	if due, _ := tm.m.sched.Due("vol-1"); !due.Equal(wantDue) {
+		t.Fatalf("due %v, want %v", due, wantDue)
+	}
+	// A republish brings a fresher token; the renewal must use it.
+	if err := tm.m.Publish(tm.ctx, md, token("tok-2")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the scheduler's timer", fc.HasWaiters)
+	fc.SetTime(wantDue)
+	eventually(t, "the renewal", func() bool {
+		_, na := tm.m.lookup("vol-1").validity()
+		due, ok := tm.m.sched.Due("vol-1")
+		return na.After(oldCert.NotAfter) && ok && due.After(wantDue)
+	})
+	calls := tm.issuer.Calls()
+	if len(calls) != 2 || calls[1].Token != "tok-2" {
+		t.Fatalf("calls = %+v, want a renewal with tok-2", calls)
+	}
+	newCert, newKey := managertest.ReadPair(t, md.TargetPath)
+	if newCert.SerialNumber.Cmp(oldCert.SerialNumber) == 0 || !managertest.Matches(newKey, newCert) {
+		t.Fatal("files not rotated to a matching new pair")
+	}
+	if _, na := tm.m.lookup("vol-1").validity(); !na.Equal(newCert.NotAfter) || !tm.m.EarliestExpiry().Equal(newCert.NotAfter) {
+		t.Errorf("expiry after renewal %v (earliest %v), want %v", na, tm.m.EarliestExpiry(), newCert.NotAfter)
+	}
+	if due, _ := tm.m.sched.Due("vol-1"); !due.Equal(wantDue.Add(37 * time.Minute)) {
+		t.Errorf("next renewal due %v, want %v", due, wantDue.Add(37*time.Minute))
+	}
+
+	// Failures back off exponentially, with the jitter.
+	tm.issuer.Fail(failure.New(failure.API, "API down"))
+	now := wantDue.Add(37 * time.Minute)
+	for i, want := range []time.Duration{3750 * time.Millisecond, 7500 * time.Millisecond, 15 * time.Second} {
+		eventually(t, "the scheduler's timer", fc.HasWaiters)
+		fc.SetTime(now)
+		n := len(tm.issuer.Calls())
+		eventually(t, "a failed renewal", func() bool {
+			due, ok := tm.m.sched.Due("vol-1")
+			return len(tm.issuer.Calls()) > n && ok && due.After(now)
+		})
+		due, _ := tm.m.sched.Due("vol-1")
+		if got := due.Sub(now); got != want {
+			t.Errorf("failure %d: retry in %v, want %v", i+1, got, want)
+		}
+		now = due
+	}
+	if h, _ := tm.m.Health("vol-1", ""); len(h) != 1 || h[0].Reason != "RenewalFailing" || !strings.HasSuffix(h[0].Message, "API down") {
+		t.Errorf("health after 3 failures = %v", h)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	tm := start(t)
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok")); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := tm.m.Health("vol-1", md.TargetPath); err != nil || len(h) != 0 {
+		t.Fatalf("health = %v, %v; want healthy", h, err)
+	}
+	if _, err := tm.m.Health("vol-1", "/elsewhere"); failure.ReasonOf(err) != failure.NotFound {
+		t.Errorf("health at the wrong path: %v", err)
+	}
+	if _, err := tm.m.Health("nope", ""); failure.ReasonOf(err) != failure.NotFound {
+		t.Errorf("health of an unknown volume: %v", err)
+	}
+	v := tm.m.lookup("vol-1")
+	v.mu.Lock()
+	v.notAfter = time.Now().Add(-time.Minute)
+	v.failures, v.lastErr = 3, "request denied: nope"
+	v.mu.Unlock()
+	h, err := tm.m.Health("vol-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 2 || h[0].Reason != "CertificateExpired" || !strings.HasPrefix(h[0].Message, "certificate expired at") ||
+		!strings.HasSuffix(h[0].Message, "last renewal error: request denied: nope") ||
+		h[1].Reason != "RenewalFailing" || !strings.HasSuffix(h[1].Message, "request denied: nope") {
+		t.Errorf("health = %+v", h)
+	}
+}
+
+func TestRecoverAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	mounter := mount.NewFake()
+	newManager := func(fi *managertest.Issuer) *Manager {
+		store, err := volume.NewStore(filepath.Join(dir, "data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(Options{Issuer: fi, Mounter: mounter, Store: store, Files: FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ctx := klog.NewContext(context.Background(), ktesting.NewLogger(t, ktesting.NewConfig()))
+	m1 := newManager(managertest.NewIssuer())
+	if err := m1.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	md1, md2 := meta(dir, "vol-1"), meta(dir, "vol-2")
+	for _, md := range []volume.Meta{md1, md2} {
+		if err := m1.Publish(ctx, md, token("tok")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The driver dies (nothing is unmounted); meanwhile vol-2's pod goes away.
+	if err := mounter.Cleanup(md2.TargetPath); err != nil {
+		t.Fatal(err)
+	}
+
+	fi2 := managertest.NewIssuer()
+	m2 := newManager(fi2)
+	if err := m2.Ready(); failure.ReasonOf(err) != failure.Starting {
+		t.Fatalf("ready before recovery: %v", err)
+	}
+	if err := m2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Ready(); err != nil {
+		t.Fatalf("not ready after recovery: %v", err)
+	}
+	v := m2.lookup("vol-1")
+	if v == nil || m2.lookup("vol-2") != nil {
+		t.Fatalf("recovered vol-1=%v vol-2=%v; want only vol-1", v != nil, m2.lookup("vol-2") != nil)
+	}
+	cert, _ := managertest.ReadPair(t, md1.TargetPath)
+	if _, na := v.validity(); !na.Equal(cert.NotAfter) {
+		t.Errorf("recovered NotAfter %v, want %v", na, cert.NotAfter)
+	}
+	latest := renew.RenewAt(cert.NotBefore, cert.NotAfter, 0)
+	if due, ok := m2.sched.Due("vol-1"); !ok || due.After(latest) || due.Before(renew.RenewAt(cert.NotBefore, cert.NotAfter, 1)) {
+		t.Errorf("recovered volume not scheduled right: %v %v", due, ok)
+	}
+	if metas, _ := m2.opts.Store.List(); len(metas) != 1 {
+		t.Errorf("state of the vanished volume not cleaned up: %+v", metas)
+	}
+	// The next republish brings a token and costs nothing.
+	if err := m2.Publish(ctx, md1, token("fresh")); err != nil {
+		t.Fatal(err)
+	}
+	if len(fi2.Calls()) != 0 {
+		t.Error("republish after restart issued a certificate")
+	}
+	if tok, ok := v.freshToken(time.Now()); !ok || tok != "fresh" {
+		t.Errorf("token after republish = %q", tok)
+	}
+}
+
+// Republish, health reads and renewals of one volume run at once without a
+// data race (run with -race): the volume's metadata never changes once added.
+func TestRenewDuringRepublishNoRace(t *testing.T) {
+	tm := start(t)
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 50 {
+			if err := tm.m.Publish(tm.ctx, md, token("tok-2")); err != nil {
+				t.Error(err)
+			}
+			_, _ = tm.m.Health("vol-1", "")
+			_ = tm.m.EarliestExpiry()
+		}
+	})
+	for range 20 {
+		tm.m.renew(tm.ctx, "vol-1")
+	}
+	wg.Wait()
+}
+
+// A live volume whose state was lost is published again; when that publish
+// fails, the mount it found (and the pod's files) must survive.
+func TestFailedPublishKeepsAMountItDidNotMake(t *testing.T) {
+	tm := start(t)
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
+		t.Fatal(err)
+	}
+	tm.m.remove("vol-1") // state lost, mount live
+	tm.issuer.Fail(failure.New(failure.API, "API down"))
+	if err := tm.m.Publish(tm.ctx, md, token("tok-2")); err == nil {
+		t.Fatal("publish with the API down: want an error")
+	}
+	if _, err := os.Stat(filepath.Join(md.TargetPath, "tls.key")); err != nil {
+		t.Fatalf("the live volume was destroyed by a failed publish: %v", err)
+	}
+}
+
+// Until every check passes the manager refuses a first publish as starting,
+// naming what it waits for, and issues nothing.
+func TestPublishBeforeChecksIsStarting(t *testing.T) {
+	tm := start(t, func(o *Options) {
+		o.Checks = []Check{{Name: "the CertificateRequest cache", Ready: func() bool { return false }}}
+	})
+	err := tm.m.Publish(tm.ctx, tm.meta("vol-1"), token("tok-1"))
+	if failure.ReasonOf(err) != failure.Starting || !strings.Contains(err.Error(), "the CertificateRequest cache") {
+		t.Fatalf("publish before the checks pass: %v, want starting, naming the cache", err)
+	}
+	if n := len(tm.issuer.Calls()); n != 0 {
+		t.Fatalf("%d issuances before the checks pass, want 0", n)
+	}
+}
+
+func TestCABundleWrittenWithTheSet(t *testing.T) {
+	ca := []byte("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
+	tm := start(t, func(o *Options) { o.CABundle = func() []byte { return ca } })
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok")); err != nil {
+		t.Fatal(err)
+	}
+	files, err := volume.ReadFiles(md.TargetPath, "tls.crt", "tls.key", "ca.crt")
+	if err != nil || !bytes.Equal(files["ca.crt"], ca) {
+		t.Fatalf("ca.crt = %q, %v", files["ca.crt"], err)
+	}
+}
+
+// Each issuance counts once: a certificate that cannot be written is a
+// local failure, not also an issuance.
+func TestWriteFailureCountsOnceAsLocal(t *testing.T) {
+	m := metrics.New()
+	tm := start(t, func(o *Options) {
+		o.Metrics = m
+		o.Files.CA = "../ca.crt" // WriteFiles refuses the name
+		o.CABundle = func() []byte { return []byte("ca") }
+	})
+	md := tm.meta("vol-1")
+	err := tm.m.Publish(tm.ctx, md, token("tok"))
+	if failure.ReasonOf(err) != failure.Local || !strings.HasPrefix(err.Error(), "write certificate into volume vol-1") {
+		t.Fatalf("publish with an unwritable set: %v, want a local write failure", err)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out := rec.Body.String()
+	if !strings.Contains(out, `svid_csi_driver_issuance_failures_total{reason="local",trigger="publish"} 1`) ||
+		strings.Contains(out, "svid_csi_driver_issuances_total{") {
+		t.Errorf("metrics after a write failure:\n%s\nwant one local failure and no issuance", out)
+	}
+	if mounted, _ := tm.mounter.IsMounted(md.TargetPath); mounted || tm.m.Len() != 0 {
+		t.Error("a failed publish left the volume mounted or managed")
+	}
+}

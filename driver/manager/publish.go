@@ -1,0 +1,216 @@
+package manager
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/driver/failure"
+	"github.com/svid-csi/svid-csi/driver/issuance"
+	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/driver/volume"
+)
+
+// releaseTimeout bounds the deletion of a request once its certificate is
+// written; it does not hold up the answer for long.
+const releaseTimeout = 10 * time.Second
+
+// unpublishLockWait bounds how long an unpublish waits for a renewal it has
+// cancelled to let go of the volume.
+const unpublishLockWait = 10 * time.Second
+
+// Publish makes the volume described by meta hold a certificate for its pod.
+// A volume already published (the kubelet republishes about every 10 s) only
+// has its token refreshed: no API call, no write, never an unmount. A failed
+// first publish undoes its mount and state; a request still pending stays
+// remembered by the issuer for the next call.
+func (m *Manager) Publish(ctx context.Context, meta volume.Meta, tok Token) error {
+	if v := m.lookup(meta.VolumeID); v != nil {
+		return m.republish(ctx, v, meta, tok)
+	}
+	// Before the request cache and the runtime issuer are read, a request
+	// could go to the wrong issuer or never be seen: the kubelet retries.
+	if err := m.Ready(); err != nil {
+		return err
+	}
+	unlock, ok := m.locks.TryLock(meta.VolumeID)
+	if !ok {
+		return failure.New(failure.Busy, "an operation on volume %s is already in progress", meta.VolumeID)
+	}
+	defer unlock()
+	if v := m.lookup(meta.VolumeID); v != nil {
+		return m.republish(ctx, v, meta, tok)
+	}
+	return m.publish(ctx, meta, tok)
+}
+
+func (m *Manager) republish(ctx context.Context, v *vol, meta volume.Meta, tok Token) error {
+	if v.meta.TargetPath != meta.TargetPath {
+		return failure.New(failure.Conflict, "volume %s is already published at %s", meta.VolumeID, v.meta.TargetPath)
+	}
+	if v.meta.PodUID != meta.PodUID {
+		return failure.New(failure.Conflict, "volume %s is already published for pod UID %s", meta.VolumeID, v.meta.PodUID)
+	}
+	if v.setToken(tok) {
+		// A renewal fell due without a usable token: this one unblocks it.
+		klog.FromContext(ctx).V(2).Info("Fresh token for a renewal that was waiting for one")
+		m.sched.Schedule(meta.VolumeID, m.opts.Clock.Now())
+	}
+	return nil
+}
+
+// publish mounts, issues and writes a new volume. Called with its lock held.
+func (m *Manager) publish(ctx context.Context, meta volume.Meta, tok Token) (err error) {
+	logger := klog.FromContext(ctx)
+	created, err := m.opts.Mounter.MountTmpfs(meta.TargetPath)
+	if err != nil {
+		return failure.New(failure.Local, "%w", err)
+	}
+	success := false
+	defer func() {
+		// A mount this call did not make (a live volume whose state was lost)
+		// is never undone: the pod may be reading its files.
+		if success || !created {
+			return
+		}
+		if cerr := m.opts.Mounter.Cleanup(meta.TargetPath); cerr != nil {
+			logger.Error(cerr, "Could not undo the mount of a failed publish")
+		}
+	}()
+
+	v := &vol{meta: meta, token: tok}
+	res, err := m.issueAndWrite(ctx, "publish", v)
+	if err != nil {
+		return err
+	}
+	if err := m.opts.Store.Save(meta); err != nil {
+		return failure.New(failure.Local, "%w", err)
+	}
+	success = true
+	m.add(v)
+	at := m.scheduleRenewal(v)
+	m.release(ctx, meta.VolumeID)
+	logger.Info("Published volume", logkey.CertificateRequest, res.Request, logkey.NotAfter, res.NotAfter, logkey.RenewAt, at)
+	return nil
+}
+
+// issueAndWrite has a certificate issued for v's pod, within the node-wide
+// limit of issuances in flight, and writes it into the volume. It records
+// exactly one outcome in the metrics.
+func (m *Manager) issueAndWrite(ctx context.Context, trigger string, v *vol) (*issuance.Result, error) {
+	start := m.opts.Clock.Now()
+	res, err := m.issue(ctx, v)
+	if err == nil {
+		if werr := m.write(v, res); werr != nil {
+			err = failure.New(failure.Local, "write certificate into volume %s: %w", v.meta.VolumeID, werr)
+		}
+	}
+	if err != nil {
+		m.opts.Metrics.Failed(trigger, failure.ReasonOf(err), m.opts.Clock.Since(start))
+		return nil, err
+	}
+	v.issued(res.NotBefore, res.NotAfter)
+	m.opts.Metrics.Issued(trigger, m.opts.Clock.Since(start))
+	return res, nil
+}
+
+func (m *Manager) issue(ctx context.Context, v *vol) (*issuance.Result, error) {
+	select {
+	case m.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, failure.New(failure.Timeout, "waiting for one of %d issuance slots: %w", cap(m.sem), ctx.Err())
+	}
+	defer func() { <-m.sem }()
+	// Read after the wait for a slot: a token that expired meanwhile is not sent.
+	token, ok := v.freshToken(m.opts.Clock.Now())
+	if !ok {
+		return nil, failure.New(failure.Token, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
+	}
+	return m.opts.Issuer.Issue(ctx, issuance.Request{
+		VolumeID: v.meta.VolumeID, Namespace: v.meta.PodNamespace, PodName: v.meta.PodName,
+		PodUID: v.meta.PodUID, ServiceAccount: v.meta.ServiceAccount, Token: token,
+	})
+}
+
+// write replaces the volume's files as one set.
+func (m *Manager) write(v *vol, res *issuance.Result) error {
+	files := map[string][]byte{
+		m.opts.Files.Certificate: res.ChainPEM,
+		m.opts.Files.Key:         res.KeyPEM,
+	}
+	if m.opts.CABundle != nil && m.opts.Files.CA != "" {
+		if ca := m.opts.CABundle(); len(ca) > 0 {
+			files[m.opts.Files.CA] = ca
+		}
+	}
+	return volume.WriteFiles(v.meta.TargetPath, files, v.meta.FSGroup)
+}
+
+// release deletes the volume's request once its certificate is written.
+func (m *Manager) release(ctx context.Context, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	m.opts.Issuer.Release(rctx, id)
+}
+
+// Unpublish unmounts the volume, removes its state and key, and deletes a
+// pending request. An unknown volume succeeds.
+func (m *Manager) Unpublish(ctx context.Context, id, target string) error {
+	logger := klog.FromContext(ctx)
+	v := m.lookup(id)
+	if v != nil {
+		v.close()
+	}
+	lctx, cancel := context.WithTimeout(ctx, unpublishLockWait)
+	defer cancel()
+	unlock, err := m.locks.Lock(lctx, id)
+	if err != nil {
+		return failure.New(failure.Busy, "an operation on volume %s is already in progress", id)
+	}
+	defer unlock()
+	if v != nil && v.meta.TargetPath != target {
+		logger.Info("Unpublishing at a target path other than the published one", "publishedAt", v.meta.TargetPath)
+	}
+	m.sched.Cancel(id)
+	m.remove(id)
+	if err := m.opts.Mounter.Cleanup(target); err != nil {
+		return failure.New(failure.Local, "unmount volume %s: %w", id, err)
+	}
+	if err := m.opts.Store.Delete(id); err != nil {
+		return failure.New(failure.Local, "%w", err)
+	}
+	m.opts.Issuer.Release(ctx, id)
+	if v != nil {
+		logger.Info("Unpublished volume")
+	}
+	return nil
+}
+
+// Published is nil when the volume is published at path (any path when
+// path is empty), else a NotFound failure.
+func (m *Manager) Published(id, path string) error {
+	_, err := m.published(id, path)
+	return err
+}
+
+// Health is how the volume published at path (any path when empty) is
+// unhealthy, if at all.
+func (m *Manager) Health(id, path string) ([]Condition, error) {
+	v, err := m.published(id, path)
+	if err != nil {
+		return nil, err
+	}
+	return v.health(m.opts.Clock.Now(), m.opts.FailuresAbnormal), nil
+}
+
+func (m *Manager) published(id, path string) (*vol, error) {
+	v := m.lookup(id)
+	if v == nil {
+		return nil, failure.New(failure.NotFound, "volume %s is not published on this node", id)
+	}
+	if path != "" && path != v.meta.TargetPath {
+		return nil, failure.New(failure.NotFound, "volume %s is not published at %s", id, path)
+	}
+	return v, nil
+}
