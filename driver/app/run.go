@@ -101,7 +101,14 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 
-	// Health (a Probe on the CSI socket, as the kubelet would) and metrics.
+	// CSI, announced to the kubelet.
+	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes})
+	if err != nil {
+		return err
+	}
+	reg := registration.New(cfg.DriverName, cfg.Socket)
+
+	// Servers: health (a Probe on the CSI socket, as the kubelet would) and metrics.
 	conn, err := grpc.NewClient("unix://"+cfg.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("connect to own CSI socket: %w", err)
@@ -120,13 +127,8 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 
-	// CSI on its socket, announced to the kubelet: bound last, so that a
-	// failed start leaves no socket behind for the kubelet to find.
-	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes})
-	if err != nil {
-		return err
-	}
-	reg := registration.New(cfg.DriverName, cfg.Socket)
+	// The sockets are bound last: a failed start leaves none behind for the
+	// kubelet to find.
 	lis, err := socket.Listen(cfg.Socket)
 	if err != nil {
 		return err

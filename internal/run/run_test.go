@@ -269,3 +269,48 @@ func TestHTTPInGroup(t *testing.T) {
 		t.Fatalf("Wait() = %v, want \"worker: done\"", err)
 	}
 }
+
+// A stop waits for a request in flight (within the grace): the process does
+// not exit under a scrape or a probe.
+func TestHTTPStopWaitsForRequestInFlight(t *testing.T) {
+	addr := freeAddr(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		close(entered)
+		<-release
+		_, _ = io.WriteString(w, "late")
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	loop, err := HTTP(ctx, "metrics", addr, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- loop(ctx) }()
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		got <- string(b)
+	}()
+	<-entered
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("the loop returned (%v) while a request was in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if body := within(t, 5*time.Second, "the request", func() string { return <-got }); body != "late" {
+		t.Errorf("request in flight at stop got %q, want its answer", body)
+	}
+	if err := within(t, 5*time.Second, "the loop", func() error { return <-done }); err != nil {
+		t.Errorf("loop = %v, want nil", err)
+	}
+}
