@@ -153,6 +153,10 @@ func Run(ctx context.Context, cfg Completed) error {
 		return nil
 	})
 	g.Go("renewals", func(ctx context.Context) error { volumes.Run(ctx); return nil })
+	g.Go("CA bundle", func(ctx context.Context) error {
+		volumes.RefreshCA(ctx) // the bundle may have changed while the driver was down
+		return ca.Watch(ctx, m, volumes.RefreshCA)
+	})
 	g.Go("CSI server", func(ctx context.Context) error { return driver.Serve(ctx, lis) })
 	g.Go("kubelet registration", func(ctx context.Context) error { return reg.Serve(ctx, regLis) })
 	g.Go("health server", serveHealth)

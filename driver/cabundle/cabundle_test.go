@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -142,8 +143,33 @@ func TestLoadInvalid(t *testing.T) {
 		{
 			name:         "text only",
 			data:         []byte("this is not a CA bundle\n"),
-			wantLoad:     []string{"no PEM certificate"},
-			wantValidate: []string{"no PEM certificate"},
+			wantLoad:     []string{"text outside a PEM block at byte 0"},
+			wantValidate: []string{"text outside a PEM block at byte 0"},
+		},
+		{
+			name:         "text before a certificate",
+			data:         concat([]byte("# Issuer: root\n"), cert),
+			wantValidate: []string{"text outside a PEM block at byte 0"},
+		},
+		{
+			name:         "text between certificates",
+			data:         concat(cert, []byte("junk\n"), cert),
+			wantValidate: []string{fmt.Sprintf("text outside a PEM block at byte %d", len(cert))},
+		},
+		{
+			name:         "text after the last certificate",
+			data:         concat(cert, []byte("trailing")),
+			wantValidate: []string{"text outside a PEM block"},
+		},
+		{
+			name:         "a truncated second certificate",
+			data:         concat(cert, cert[:len(cert)/2]),
+			wantValidate: []string{"block 2: not a complete PEM block"},
+		},
+		{
+			name:         "PEM headers",
+			data:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: mustBlock(t, cert).Bytes}),
+			wantValidate: []string{"block 1: PEM headers are not allowed"},
 		},
 		{
 			name:         "private key only",
@@ -209,6 +235,15 @@ func TestLoadInvalid(t *testing.T) {
 }
 
 func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+func mustBlock(t *testing.T, data []byte) *pem.Block {
+	t.Helper()
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatal("no PEM block")
+	}
+	return b
+}
 
 // tail is the end of a PEM bundle, where PEM() mismatches show.
 func tail(b []byte) []byte { return b[max(0, len(b)-40):] }

@@ -79,6 +79,7 @@ type Manager struct {
 	sem       chan struct{}
 	locks     volumeLocks
 	recovered atomic.Bool
+	caMu      sync.Mutex // serialises RefreshCA
 
 	mu   sync.Mutex
 	vols map[string]*vol

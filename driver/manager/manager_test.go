@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -424,5 +426,107 @@ func TestWriteFailureCountsOnceAsLocal(t *testing.T) {
 	}
 	if mounted, _ := tm.mounter.IsMounted(md.TargetPath); mounted || tm.m.Len() != 0 {
 		t.Error("a failed publish left the volume mounted or managed")
+	}
+}
+
+// A new CA bundle reaches every volume, replacing only ca.crt: the
+// certificate and key stay the very same files; recovered volumes with an
+// older bundle are refreshed too.
+func TestRefreshCARewritesOnlyTheBundle(t *testing.T) {
+	var mu sync.Mutex
+	bundle := []byte("bundle one")
+	current := func() []byte { mu.Lock(); defer mu.Unlock(); return bundle }
+	m := metrics.New()
+	tm := start(t, func(o *Options) { o.CABundle = current; o.Metrics = m })
+	var metas []volume.Meta
+	for _, id := range []string{"vol-1", "vol-2", "vol-3"} {
+		md := tm.meta(id)
+		md.FSGroup = 1234
+		if err := tm.m.Publish(tm.ctx, md, token("tok")); err != nil {
+			t.Fatal(err)
+		}
+		metas = append(metas, md)
+	}
+	stat := func(md volume.Meta, name string) os.FileInfo {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(md.TargetPath, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	var keys []os.FileInfo
+	for _, md := range metas {
+		keys = append(keys, stat(md, "tls.key"))
+	}
+
+	mu.Lock()
+	bundle = []byte("bundle two")
+	mu.Unlock()
+	tm.m.RefreshCA(tm.ctx)
+	for i, md := range metas {
+		files, err := volume.ReadFiles(md.TargetPath, "ca.crt")
+		if err != nil || string(files["ca.crt"]) != "bundle two" {
+			t.Errorf("%s: ca.crt = %q, %v; want bundle two", md.VolumeID, files["ca.crt"], err)
+		}
+		if !os.SameFile(keys[i], stat(md, "tls.key")) {
+			t.Errorf("%s: the key was rewritten with the bundle", md.VolumeID)
+		}
+		if gid := stat(md, "ca.crt").Sys().(*syscall.Stat_t).Gid; gid != 1234 {
+			t.Errorf("%s: ca.crt group %d, want the volume's 1234", md.VolumeID, gid)
+		}
+	}
+	if n := len(tm.issuer.Calls()); n != 3 {
+		t.Errorf("%d issuances, want 3: a bundle change issues nothing", n)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `svid_csi_driver_ca_bundle_volume_writes_total{result="success"} 3`) {
+		t.Errorf("metrics lack 3 successful bundle writes")
+	}
+	// Nothing to do when every volume has the bundle.
+	before, _ := os.Readlink(filepath.Join(metas[0].TargetPath, "..data"))
+	tm.m.RefreshCA(tm.ctx)
+	if after, _ := os.Readlink(filepath.Join(metas[0].TargetPath, "..data")); after != before {
+		t.Error("a refresh with nothing changed rewrote a volume")
+	}
+
+	// A restart finds an older bundle in a volume and refreshes it.
+	tm2, err := New(tm.m.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	bundle = []byte("bundle three")
+	mu.Unlock()
+	if err := tm2.Recover(tm.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := tm2.lookup("vol-1").caBundle(); string(got) != "bundle two" {
+		t.Fatalf("recovered bundle %q, want what the volume holds", got)
+	}
+	tm2.RefreshCA(tm.ctx)
+	if files, _ := volume.ReadFiles(metas[0].TargetPath, "ca.crt"); string(files["ca.crt"]) != "bundle three" {
+		t.Errorf("after restart ca.crt = %q, want bundle three", files["ca.crt"])
+	}
+}
+
+// A bundle that changes right after a publish wrote its volume, before the
+// refresh could see that volume, still reaches it.
+func TestBundleChangedDuringPublishReachesTheVolume(t *testing.T) {
+	var calls atomic.Int32
+	current := func() []byte {
+		if calls.Add(1) == 1 { // the publish's write reads the old bundle...
+			return []byte("bundle one")
+		}
+		return []byte("bundle two") // ...which changes at once
+	}
+	tm := start(t, func(o *Options) { o.CABundle = current })
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, token("tok")); err != nil {
+		t.Fatal(err)
+	}
+	if files, _ := volume.ReadFiles(md.TargetPath, "ca.crt"); string(files["ca.crt"]) != "bundle two" {
+		t.Fatalf("ca.crt = %q, want bundle two", files["ca.crt"])
 	}
 }

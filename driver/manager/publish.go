@@ -89,6 +89,11 @@ func (m *Manager) publish(ctx context.Context, meta volume.Meta, tok Token) (err
 	}
 	success = true
 	m.add(v)
+	// The bundle may have changed since it was written, before a refresh
+	// could see this volume.
+	if _, err := m.refreshCA(ctx, v); err != nil {
+		logger.Error(err, "Could not rewrite the CA bundle that changed during the publish; the next change or restart retries")
+	}
 	at := m.scheduleRenewal(v)
 	m.release(ctx, meta.VolumeID)
 	logger.Info("Published volume", logkey.CertificateRequest, res.Request, logkey.NotAfter, res.NotAfter, logkey.RenewAt, at)
@@ -133,18 +138,33 @@ func (m *Manager) issue(ctx context.Context, v *vol) (*issuance.Result, error) {
 	})
 }
 
-// write replaces the volume's files as one set.
+// write replaces the volume's files as one set, with the current CA bundle.
+// Called with the volume's lock held.
 func (m *Manager) write(v *vol, res *issuance.Result) error {
 	files := map[string][]byte{
 		m.opts.Files.Certificate: res.ChainPEM,
 		m.opts.Files.Key:         res.KeyPEM,
 	}
-	if m.opts.CABundle != nil && m.opts.Files.CA != "" {
-		if ca := m.opts.CABundle(); len(ca) > 0 {
-			files[m.opts.Files.CA] = ca
-		}
+	ca := m.caBundle()
+	if ca != nil {
+		files[m.opts.Files.CA] = ca
 	}
-	return volume.WriteFiles(v.meta.TargetPath, files, v.meta.FSGroup)
+	if err := volume.WriteFiles(v.meta.TargetPath, files, v.meta.FSGroup); err != nil {
+		return err
+	}
+	v.setCABundle(ca)
+	return nil
+}
+
+// caBundle is the CA bundle to write, nil when there is none.
+func (m *Manager) caBundle() []byte {
+	if m.opts.CABundle == nil || m.opts.Files.CA == "" {
+		return nil
+	}
+	if ca := m.opts.CABundle(); len(ca) > 0 {
+		return ca
+	}
+	return nil
 }
 
 // release deletes the volume's request once its certificate is written.

@@ -99,6 +99,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 			continue
 		}
 		v := &vol{meta: meta}
+		if files, err := volume.ReadFiles(meta.TargetPath, m.opts.Files.CA); err == nil {
+			v.ca = files[m.opts.Files.CA] // refreshed at start if the bundle changed meanwhile
+		}
 		if nb, na, err := m.readValidity(meta.TargetPath); err == nil {
 			v.notBefore, v.notAfter = nb, na
 		} else {

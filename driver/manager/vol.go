@@ -31,6 +31,7 @@ type vol struct {
 	token         Token
 	notBefore     time.Time // of the certificate in the volume: its one copy in memory
 	notAfter      time.Time
+	ca            []byte // the CA bundle in the volume (nil: none)
 	failures      int
 	lastErr       string
 	awaitingToken bool
@@ -69,6 +70,18 @@ func (v *vol) issued(nb, na time.Time) {
 	defer v.mu.Unlock()
 	v.notBefore, v.notAfter = nb, na
 	v.failures, v.lastErr = 0, ""
+}
+
+func (v *vol) caBundle() []byte {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.ca
+}
+
+func (v *vol) setCABundle(ca []byte) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.ca = ca
 }
 
 func (v *vol) failed(err error) int {

@@ -24,6 +24,8 @@ type Metrics struct {
 	issuances        *prometheus.CounterVec
 	failures         *prometheus.CounterVec
 	renewals         *prometheus.CounterVec
+	caReloads        *prometheus.CounterVec
+	caWrites         *prometheus.CounterVec
 }
 
 // New registers the metrics of issuance and renewal; ObserveVolumes adds
@@ -49,8 +51,16 @@ func New() *Metrics {
 			Namespace: namespace, Name: "renewals_total",
 			Help: "Renewal attempts, by result (success, failure).",
 		}, []string{"result"}),
+		caReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "ca_bundle_reloads_total",
+			Help: "Changes of the --source-ca-bundle file, by result (applied; rejected: invalid, the last good bundle stays).",
+		}, []string{"result"}),
+		caWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "ca_bundle_volume_writes_total",
+			Help: "Rewrites of the CA bundle file in a volume after the bundle changed, by result (success, failure).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.issuanceDuration, m.issuances, m.failures, m.renewals,
+	reg.MustRegister(m.issuanceDuration, m.issuances, m.failures, m.renewals, m.caReloads, m.caWrites,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -123,9 +133,33 @@ func (m *Metrics) Renewed(ok bool) {
 	if m == nil {
 		return
 	}
-	result := "success"
-	if !ok {
-		result = "failure"
+	m.renewals.WithLabelValues(successOrFailure(ok)).Inc()
+}
+
+// CABundleReloaded records a change of the CA bundle file: applied, or
+// rejected.
+func (m *Metrics) CABundleReloaded(applied bool) {
+	if m == nil {
+		return
 	}
-	m.renewals.WithLabelValues(result).Inc()
+	result := "applied"
+	if !applied {
+		result = "rejected"
+	}
+	m.caReloads.WithLabelValues(result).Inc()
+}
+
+// CABundleWritten records the rewrite of the CA bundle in one volume.
+func (m *Metrics) CABundleWritten(ok bool) {
+	if m == nil {
+		return
+	}
+	m.caWrites.WithLabelValues(successOrFailure(ok)).Inc()
+}
+
+func successOrFailure(ok bool) string {
+	if ok {
+		return "success"
+	}
+	return "failure"
 }

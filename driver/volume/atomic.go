@@ -27,8 +27,61 @@ const (
 // rename(2), so a reader that resolves ..data once never mixes generations.
 // The user-visible names are symlinks through ..data. gid < 0 leaves the
 // files owned by the driver's group.
-func WriteFiles(dir string, files map[string][]byte, gid int64) (err error) {
+func WriteFiles(dir string, files map[string][]byte, gid int64) error {
+	names := map[string]bool{}
 	for name := range files {
+		names[name] = true
+	}
+	return swap(dir, names, func(gen string) error {
+		for name, data := range files {
+			if err := writeFile(filepath.Join(gen, name), data, gid); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// UpdateFiles replaces some files of dir's current set and keeps the others
+// as they are, in one swap as WriteFiles does: the files in changed are
+// written, those named in keep are carried over from the current generation
+// as hard links (their bytes never pass through memory), and any other file
+// of the set goes.
+func UpdateFiles(dir string, keep []string, changed map[string][]byte, gid int64) error {
+	cur, err := os.Readlink(filepath.Join(dir, dataLink))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", filepath.Join(dir, dataLink), err)
+	}
+	names := map[string]bool{}
+	for _, name := range keep {
+		names[name] = true
+	}
+	for name := range changed {
+		if names[name] {
+			return fmt.Errorf("file %q both kept and changed", name)
+		}
+		names[name] = true
+	}
+	return swap(dir, names, func(gen string) error {
+		for _, name := range keep {
+			if err := os.Link(filepath.Join(dir, filepath.Base(cur), name), filepath.Join(gen, name)); err != nil {
+				return fmt.Errorf("keep %s: %w", name, err)
+			}
+		}
+		for name, data := range changed {
+			if err := writeFile(filepath.Join(gen, name), data, gid); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// swap makes a new generation holding the files names, filled by fill, the
+// current one: ..data is swapped to it with one rename(2), the user-visible
+// links are created and the old generations pruned.
+func swap(dir string, names map[string]bool, fill func(gen string) error) (err error) {
+	for name := range names {
 		if name == "" || strings.ContainsRune(name, '/') || strings.HasPrefix(name, "..") {
 			return fmt.Errorf("invalid file name %q", name)
 		}
@@ -45,10 +98,8 @@ func WriteFiles(dir string, files map[string][]byte, gid int64) (err error) {
 	if err := os.Chmod(gen, 0o755); err != nil {
 		return fmt.Errorf("chmod %s: %w", gen, err)
 	}
-	for name, data := range files {
-		if err := writeFile(filepath.Join(gen, name), data, gid); err != nil {
-			return err
-		}
+	if err := fill(gen); err != nil {
+		return err
 	}
 	tmp := filepath.Join(dir, dataLinkTmp)
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -63,7 +114,7 @@ func WriteFiles(dir string, files map[string][]byte, gid int64) (err error) {
 	// From here on the new set is live: failures below leave it in place.
 	err = nil
 	var errs []error
-	for name := range files {
+	for name := range names {
 		link := filepath.Join(dir, name)
 		if _, lerr := os.Lstat(link); lerr == nil {
 			continue
@@ -72,7 +123,7 @@ func WriteFiles(dir string, files map[string][]byte, gid int64) (err error) {
 			errs = append(errs, fmt.Errorf("link %s: %w", link, serr))
 		}
 	}
-	errs = append(errs, prune(dir, filepath.Base(gen), files))
+	errs = append(errs, prune(dir, filepath.Base(gen), names))
 	return errors.Join(errs...)
 }
 
@@ -100,7 +151,7 @@ func writeFile(path string, data []byte, gid int64) error {
 
 // prune removes old generations and user-visible links of files no longer
 // in the set.
-func prune(dir, current string, files map[string][]byte) error {
+func prune(dir, current string, names map[string]bool) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", dir, err)
@@ -116,7 +167,7 @@ func prune(dir, current string, files map[string][]byte) error {
 				errs = append(errs, fmt.Errorf("remove old generation %s: %w", name, err))
 			}
 		case !strings.HasPrefix(name, genPrefix) && e.Type()&fs.ModeSymlink != 0:
-			if _, keep := files[name]; !keep {
+			if !names[name] {
 				if err := os.Remove(filepath.Join(dir, name)); err != nil {
 					errs = append(errs, fmt.Errorf("remove stale link %s: %w", name, err))
 				}

@@ -195,3 +195,68 @@ func TestStoreRoundTripAndRecovery(t *testing.T) {
 		t.Errorf("after Delete: %+v", got)
 	}
 }
+
+// UpdateFiles replaces one file of the set and carries the others over as
+// the very same files (hard links), in one swap of ..data.
+func TestUpdateFilesKeepsTheOthers(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteFiles(dir, map[string][]byte{"tls.crt": []byte("cert"), "tls.key": []byte("key"), "ca.crt": []byte("old ca")}, -1); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.Readlink(filepath.Join(dir, dataLink))
+	stat := func(name string) fs.FileInfo {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	certBefore, keyBefore := stat("tls.crt"), stat("tls.key")
+
+	if err := UpdateFiles(dir, []string{"tls.crt", "tls.key"}, map[string][]byte{"ca.crt": []byte("new ca")}, -1); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Readlink(filepath.Join(dir, dataLink))
+	if after == before {
+		t.Fatal("..data not swapped")
+	}
+	files, err := ReadFiles(dir, "tls.crt", "tls.key", "ca.crt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(files["tls.crt"]) != "cert" || string(files["tls.key"]) != "key" || string(files["ca.crt"]) != "new ca" {
+		t.Fatalf("files after update = %q", files)
+	}
+	if !os.SameFile(certBefore, stat("tls.crt")) || !os.SameFile(keyBefore, stat("tls.key")) {
+		t.Error("the kept files were rewritten, not carried over")
+	}
+	if stat("ca.crt").Mode().Perm() != FileMode {
+		t.Errorf("ca.crt mode %v", stat("ca.crt").Mode().Perm())
+	}
+	if _, err := os.Stat(filepath.Join(dir, before)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("old generation %s not pruned: %v", before, err)
+	}
+
+	// A file to keep that is not in the set fails and leaves the set as it was.
+	if err := UpdateFiles(dir, []string{"tls.crt", "nope"}, map[string][]byte{"ca.crt": []byte("x")}, -1); err == nil {
+		t.Fatal("keeping a missing file: want an error")
+	}
+	if err := UpdateFiles(dir, []string{"ca.crt"}, map[string][]byte{"ca.crt": []byte("x")}, -1); err == nil {
+		t.Fatal("a file both kept and changed: want an error")
+	}
+	if l, _ := os.Readlink(filepath.Join(dir, dataLink)); l != after {
+		t.Errorf("a failed update swapped ..data to %s", l)
+	}
+	if files, _ := ReadFiles(dir, "ca.crt"); string(files["ca.crt"]) != "new ca" {
+		t.Errorf("a failed update changed ca.crt to %q", files["ca.crt"])
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 5 { // ..data, one generation, three links
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("entries after failed updates = %v, want no leftovers", names)
+	}
+}

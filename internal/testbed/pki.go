@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -46,6 +47,17 @@ func newAuthority(commonName string) (*authority, error) {
 		return nil, fmt.Errorf("parse CA certificate: %w", err)
 	}
 	return &authority{cert: cert, key: key, certPEM: encodePEM("CERTIFICATE", der)}, nil
+}
+
+// NewCAPEM is a fresh self-signed CA certificate (its key thrown away), for
+// tests that need a CA bundle.
+func NewCAPEM(t testing.TB, commonName string) []byte {
+	t.Helper()
+	a, err := newAuthority(commonName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.certPEM
 }
 
 // issue signs a leaf certificate: a server certificate for 127.0.0.1 when

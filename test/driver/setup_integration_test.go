@@ -90,6 +90,8 @@ type nodeOpts struct {
 	tokenInSecrets bool
 	// kubeconfig is the driver's (default: its ServiceAccount's token kubeconfig).
 	kubeconfig string
+	// caBundle is the driver's --source-ca-bundle (default: none).
+	caBundle string
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -156,6 +158,9 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 		"--metrics-address=" + n.metrics,
 		"--health-address=127.0.0.1:" + strconv.Itoa(ports[2]),
 		"--v=4",
+	}
+	if o.caBundle != "" {
+		n.args = append(n.args, "--source-ca-bundle="+o.caBundle)
 	}
 	n.startDriver()
 	kubelet, err := bed.NewKubelet(ctx, name, n.kubeletDir, n.driverName, n.socket)

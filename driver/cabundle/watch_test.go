@@ -1,0 +1,153 @@
+package cabundle
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/svid-csi/svid-csi/driver/metrics"
+	"github.com/svid-csi/svid-csi/driver/volume"
+)
+
+// watching runs Watch until the test ends and reports every onChange.
+func watching(t *testing.T, b *Bundle, m *metrics.Metrics) <-chan []byte {
+	t.Helper()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	changes := make(chan []byte, 10)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := b.Watch(ctx, m, func(context.Context) { changes <- b.PEM() }); err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	time.Sleep(50 * time.Millisecond) // the watch is set up
+	return changes
+}
+
+func nextChange(t *testing.T, changes <-chan []byte) []byte {
+	t.Helper()
+	select {
+	case c := <-changes:
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change reported")
+		return nil
+	}
+}
+
+func noChange(t *testing.T, changes <-chan []byte) {
+	t.Helper()
+	select {
+	case c := <-changes:
+		t.Fatalf("unexpected change to %q", tail(c))
+	case <-time.After(3 * settle):
+	}
+}
+
+func scrape(t *testing.T, m *metrics.Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
+
+// The kubelet updates a mounted Secret by writing a new timestamped directory
+// and swapping the ..data link (volume.WriteFiles does the same): the new
+// bundle is taken; garbage is rejected once, counted, and changes nothing.
+func TestWatchFollowsTheKubeletsSwap(t *testing.T) {
+	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
+	dir := t.TempDir()
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": one}, -1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	changes := watching(t, b, m)
+
+	both := concat(one, two)
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": both}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, changes); !bytes.Equal(got, both) {
+		t.Fatalf("changed to %q, want both roots", tail(got))
+	}
+	noChange(t, changes) // one swap, one change
+
+	for range 2 { // the same garbage twice: rejected, counted and logged once
+		if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": []byte("not a bundle")}, -1); err != nil {
+			t.Fatal(err)
+		}
+		noChange(t, changes)
+	}
+	if !bytes.Equal(b.PEM(), both) {
+		t.Fatalf("garbage replaced the bundle with %q", tail(b.PEM()))
+	}
+	out := scrape(t, m)
+	for _, want := range []string{
+		`svid_csi_driver_ca_bundle_reloads_total{result="applied"} 1`,
+		`svid_csi_driver_ca_bundle_reloads_total{result="rejected"} 1`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	// Back to a good bundle after garbage: taken again.
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": two}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, changes); !bytes.Equal(got, two) {
+		t.Fatalf("changed to %q, want root two", tail(got))
+	}
+}
+
+// A plain file rewritten in place (a hostPath bundle) is followed too; the
+// same content written again is no change.
+func TestWatchFollowsAFileWrittenInPlace(t *testing.T) {
+	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
+	path := writeFile(t, one)
+	b, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := watching(t, b, nil)
+	if err := os.WriteFile(path, one, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noChange(t, changes)
+	if err := os.WriteFile(path, two, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, changes); !bytes.Equal(got, two) {
+		t.Fatalf("changed to %q, want root two", tail(got))
+	}
+}
+
+func TestWatchWithoutABundleWaits(t *testing.T) {
+	var b *Bundle
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Watch(ctx, nil, func(context.Context) { t.Error("onChange without a bundle") }) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Watch of no bundle returned %v before its context ended", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
