@@ -77,6 +77,10 @@ func Run(ctx context.Context, cfg Completed) error {
 	if err != nil {
 		return fmt.Errorf("--source-ca-bundle: %w", err)
 	}
+	caWatch, err := ca.Watch()
+	if err != nil {
+		return fmt.Errorf("--source-ca-bundle: %w", err)
+	}
 	store, err := volume.NewStore(cfg.DataRoot)
 	if err != nil {
 		return err
@@ -155,7 +159,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	g.Go("renewals", func(ctx context.Context) error { volumes.Run(ctx); return nil })
 	g.Go("CA bundle", func(ctx context.Context) error {
 		volumes.RefreshCA(ctx) // the bundle may have changed while the driver was down
-		return ca.Watch(ctx, m, volumes.RefreshCA)
+		return caWatch.Run(ctx, m, volumes.RefreshCA)
 	})
 	g.Go("CSI server", func(ctx context.Context) error { return driver.Serve(ctx, lis) })
 	g.Go("kubelet registration", func(ctx context.Context) error { return reg.Serve(ctx, regLis) })

@@ -167,6 +167,21 @@ func TestLoadInvalid(t *testing.T) {
 			wantValidate: []string{"block 2: not a complete PEM block"},
 		},
 		{
+			name:         "a certificate without its END line, then a good one",
+			data:         concat(cert[:bytes.Index(cert, []byte("-----END"))], cert),
+			wantValidate: []string{"block 1: not a complete PEM block"},
+		},
+		{
+			name:         "a mismatched END line, then a good one",
+			data:         concat(bytes.Replace(cert, []byte("-----END CERTIFICATE-----"), []byte("-----END FOO-----"), 1), cert),
+			wantValidate: []string{"block 1: not a complete PEM block"},
+		},
+		{
+			name:         "a broken BEGIN line, then a good one",
+			data:         concat([]byte("-----BEGIN garbage\n"), cert),
+			wantValidate: []string{"block 1: not a complete PEM block"},
+		},
+		{
 			name:         "PEM headers",
 			data:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: mustBlock(t, cert).Bytes}),
 			wantValidate: []string{"block 1: PEM headers are not allowed"},

@@ -24,13 +24,16 @@ func watching(t *testing.T, b *Bundle, m *metrics.Metrics) <-chan []byte {
 	ctx, cancel := context.WithCancel(ctx)
 	changes := make(chan []byte, 10)
 	var wg sync.WaitGroup
+	w, err := b.Watch()
+	if err != nil {
+		t.Fatal(err)
+	}
 	wg.Go(func() {
-		if err := b.Watch(ctx, m, func(context.Context) { changes <- b.PEM() }); err != nil {
-			t.Errorf("Watch: %v", err)
+		if err := w.Run(ctx, m, func(context.Context) { changes <- b.PEM() }); err != nil {
+			t.Errorf("Run: %v", err)
 		}
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	time.Sleep(50 * time.Millisecond) // the watch is set up
 	return changes
 }
 
@@ -138,9 +141,13 @@ func TestWatchFollowsAFileWrittenInPlace(t *testing.T) {
 
 func TestWatchWithoutABundleWaits(t *testing.T) {
 	var b *Bundle
+	w, err := b.Watch()
+	if err != nil || w != nil {
+		t.Fatalf("Watch of no bundle = %v, %v; want nil, nil", w, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- b.Watch(ctx, nil, func(context.Context) { t.Error("onChange without a bundle") }) }()
+	go func() { done <- w.Run(ctx, nil, func(context.Context) { t.Error("onChange without a bundle") }) }()
 	select {
 	case err := <-done:
 		t.Fatalf("Watch of no bundle returned %v before its context ended", err)
@@ -149,5 +156,97 @@ func TestWatchWithoutABundleWaits(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A change made between Load and the watch made no event: Run reads the
+// file once at once.
+func TestWatchSeesAChangeBeforeItStarted(t *testing.T) {
+	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
+	dir := t.TempDir()
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": one}, -1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": two}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, watching(t, b, nil)); !bytes.Equal(got, two) {
+		t.Fatalf("changed to %q, want root two", tail(got))
+	}
+}
+
+// Each distinct rejected content is counted and logged once.
+func TestWatchCountsEachDistinctRejection(t *testing.T) {
+	dir := t.TempDir()
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": newCertPEM(t, "root")}, -1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	changes := watching(t, b, m)
+	for _, garbage := range []string{"garbage one", "garbage two", "garbage two"} {
+		if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": []byte(garbage)}, -1); err != nil {
+			t.Fatal(err)
+		}
+		noChange(t, changes)
+	}
+	if out := scrape(t, m); !strings.Contains(out, `svid_csi_driver_ca_bundle_reloads_total{result="rejected"} 2`) {
+		t.Errorf("want 2 rejections (two distinct contents):\n%s", out)
+	}
+}
+
+// The watched directory itself replaced (renamed away, another renamed in):
+// the watch follows the new one.
+func TestWatchFollowsAReplacedDirectory(t *testing.T) {
+	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "ca")
+	for d, data := range map[string][]byte{dir: one, dir + ".new": two} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "ca.crt"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := Load(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := watching(t, b, nil)
+	time.Sleep(3 * settle) // the watch runs: what follows is seen as events
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+".new", dir); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, changes); !bytes.Equal(got, two) {
+		t.Fatalf("changed to %q, want root two", tail(got))
+	}
+	// And the new directory is watched: a later change in it is seen.
+	time.Sleep(3 * settle)
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), one, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextChange(t, changes); !bytes.Equal(got, one) {
+		t.Fatalf("changed to %q, want root one", tail(got))
+	}
+}
+
+func TestLoadRefusesAPathInsideTheGenerations(t *testing.T) {
+	dir := t.TempDir()
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": newCertPEM(t, "root")}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(filepath.Join(dir, "..data", "ca.crt")); err == nil || !strings.Contains(err.Error(), "not one inside its ..data generations") {
+		t.Fatalf("Load inside ..data = %v, want a refusal", err)
 	}
 }

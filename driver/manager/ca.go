@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -11,14 +12,20 @@ import (
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
 
-// caWorkers bounds the volumes whose CA bundle is rewritten at once.
-const caWorkers = 8
+const (
+	// caWorkers bounds the volumes whose CA bundle is rewritten at once.
+	caWorkers = 8
+	// caLockWait bounds the wait for a volume busy with a renewal: one that
+	// takes longer writes the bundle itself before it lets go.
+	caLockWait = time.Second
+)
 
 // RefreshCA writes the current CA bundle into every volume that holds
 // another, replacing only that file (the certificate and key stay the very
-// same files) in one atomic swap. A volume busy with a publish or a renewal
-// is done once that lets go of it. Call it when the bundle changed, and once
-// after Recover; concurrent calls are serialised.
+// same files) in one atomic swap. A volume busy with a renewal for longer
+// than caLockWait is left to it: the renewal writes the bundle before it lets
+// go of the volume. Call it when the bundle changed, and once after Recover;
+// concurrent calls are serialised.
 func (m *Manager) RefreshCA(ctx context.Context) {
 	if m.caBundle() == nil {
 		return
@@ -67,11 +74,14 @@ func (m *Manager) RefreshCA(ctx context.Context) {
 	}
 }
 
-// refreshLocked is refreshCA under the volume's lock, waiting for it.
+// refreshLocked is refreshCA under the volume's lock, waiting for it up to
+// caLockWait.
 func (m *Manager) refreshLocked(ctx context.Context, v *vol) (bool, error) {
-	unlock, err := m.locks.Lock(ctx, v.meta.VolumeID)
+	lctx, cancel := context.WithTimeout(ctx, caLockWait)
+	defer cancel()
+	unlock, err := m.locks.Lock(lctx, v.meta.VolumeID)
 	if err != nil {
-		return false, nil // shutting down: the next start refreshes
+		return false, nil // busy renewing (it writes the bundle), or shutting down
 	}
 	defer unlock()
 	if m.lookup(v.meta.VolumeID) != v {

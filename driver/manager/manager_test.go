@@ -530,3 +530,41 @@ func TestBundleChangedDuringPublishReachesTheVolume(t *testing.T) {
 		t.Fatalf("ca.crt = %q, want bundle two", files["ca.crt"])
 	}
 }
+
+// A bundle change does not wait for a renewal stuck on the issuer: the
+// refresh moves on, and the renewal writes the bundle before it lets go of
+// the volume, whether it succeeds or fails.
+func TestRefreshCADoesNotWaitForAStuckRenewal(t *testing.T) {
+	for _, renewalFails := range []bool{false, true} {
+		var mu sync.Mutex
+		bundle := []byte("bundle one")
+		current := func() []byte { mu.Lock(); defer mu.Unlock(); return bundle }
+		tm := start(t, func(o *Options) { o.CABundle = current })
+		md := tm.meta("vol-1")
+		if err := tm.m.Publish(tm.ctx, md, token("tok")); err != nil {
+			t.Fatal(err)
+		}
+		block, entered := make(chan struct{}), make(chan string, 1)
+		tm.issuer.Block(block, entered)
+		if renewalFails {
+			tm.issuer.Fail(failure.New(failure.API, "API down"))
+		}
+		renewed := make(chan struct{})
+		go func() { defer close(renewed); tm.m.renew(tm.ctx, "vol-1") }()
+		<-entered // the renewal holds the volume, waiting for the issuer
+
+		mu.Lock()
+		bundle = []byte("bundle two")
+		mu.Unlock()
+		start := time.Now()
+		tm.m.RefreshCA(tm.ctx)
+		if took := time.Since(start); took > 3*caLockWait {
+			t.Errorf("RefreshCA waited %v for the stuck renewal", took)
+		}
+		close(block)
+		<-renewed
+		if files, _ := volume.ReadFiles(md.TargetPath, "ca.crt"); string(files["ca.crt"]) != "bundle two" {
+			t.Errorf("renewal failing=%v: ca.crt = %q after the renewal, want bundle two", renewalFails, files["ca.crt"])
+		}
+	}
+}

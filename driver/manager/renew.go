@@ -45,6 +45,13 @@ func (m *Manager) renew(ctx context.Context, id string) {
 	if m.lookup(id) != v {
 		return
 	}
+	defer func() {
+		// A CA bundle change that found the volume busy is written now,
+		// before the lock goes (RefreshCA does not wait for a renewal).
+		if _, err := m.refreshCA(ctx, v); err != nil {
+			logger.Error(err, "Could not rewrite the CA bundle after the renewal; the next change or restart retries")
+		}
+	}()
 	rctx, cancel := context.WithTimeout(ctx, m.opts.RenewTimeout)
 	defer cancel()
 	if !v.startRenewal(cancel) {
