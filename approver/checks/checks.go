@@ -125,21 +125,29 @@ func deny(check, field, exp, got string) *Denial {
 	return &Denial{Check: check, Message: fmt.Sprintf("%s: exp=%q got=%q", field, exp, got)}
 }
 
+// checkIssuer compares the references field by field, with cert-manager's
+// defaults filled in: joined into one string, a kind and group split
+// elsewhere ("ClusterIssuer.cert-manager" in group "io") would read the same.
 func checkIssuer(got, exp cmmeta.IssuerReference) *Denial {
-	if got, exp := issuerString(got), issuerString(exp); got != exp {
-		return deny(CheckIssuer, "spec.issuerRef", exp, got)
+	if got, exp := defaulted(got), defaulted(exp); got != exp {
+		return deny(CheckIssuer, "spec.issuerRef", issuerString(exp), issuerString(got))
 	}
 	return nil
 }
 
-// issuerString is kind.group/name with cert-manager's defaults filled in.
-func issuerString(r cmmeta.IssuerReference) string {
+// defaulted fills in cert-manager's defaults: kind Issuer, group cert-manager.io.
+func defaulted(r cmmeta.IssuerReference) cmmeta.IssuerReference {
 	if r.Kind == "" {
 		r.Kind = cmapi.IssuerKind
 	}
 	if r.Group == "" {
 		r.Group = "cert-manager.io"
 	}
+	return r
+}
+
+// issuerString is kind.group/name, for messages only.
+func issuerString(r cmmeta.IssuerReference) string {
 	return r.Kind + "." + r.Group + "/" + r.Name
 }
 

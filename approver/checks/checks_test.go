@@ -273,6 +273,9 @@ func testCases() []testCase {
 			wantCheck: CheckIssuer, wantMsg: `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/spiffe" got="Issuer.cert-manager.io/spiffe"`},
 		{name: "issuerRef of another group", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.IssuerRef.Group = "example.com" },
 			wantCheck: CheckIssuer, wantMsg: `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/spiffe" got="ClusterIssuer.example.com/spiffe"`},
+		{name: "issuerRef whose kind and group split the same string elsewhere", mutate: func(cr *cmapi.CertificateRequest) {
+			cr.Spec.IssuerRef.Kind, cr.Spec.IssuerRef.Group = "ClusterIssuer.cert-manager", "io"
+		}, wantCheck: CheckIssuer, wantMsg: `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/spiffe" got="ClusterIssuer.cert-manager.io/spiffe"`},
 
 		// Usages.
 		{name: "wrong usage", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.Usages[0] = cmapi.UsageSigning },

@@ -57,6 +57,21 @@ func noChange(t *testing.T, changes <-chan []byte) {
 	}
 }
 
+// mountedSecret lays data out as the kubelet mounts a Secret's ca.crt (a
+// ..data generation and a link) and loads it.
+func mountedSecret(t *testing.T, data []byte) (string, *Bundle) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": data}, -1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, b
+}
+
 func scrape(t *testing.T, m *metrics.Metrics) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
@@ -69,14 +84,7 @@ func scrape(t *testing.T, m *metrics.Metrics) string {
 // bundle is taken; garbage is rejected once, counted, and changes nothing.
 func TestWatchFollowsTheKubeletsSwap(t *testing.T) {
 	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
-	dir := t.TempDir()
-	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": one}, -1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := Load(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, b := mountedSecret(t, one)
 	m := metrics.New()
 	changes := watching(t, b, m)
 
@@ -163,14 +171,7 @@ func TestWatchWithoutABundleWaits(t *testing.T) {
 // file once at once.
 func TestWatchSeesAChangeBeforeItStarted(t *testing.T) {
 	one, two := newCertPEM(t, "root one"), newCertPEM(t, "root two")
-	dir := t.TempDir()
-	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": one}, -1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := Load(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, b := mountedSecret(t, one)
 	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": two}, -1); err != nil {
 		t.Fatal(err)
 	}
@@ -181,14 +182,7 @@ func TestWatchSeesAChangeBeforeItStarted(t *testing.T) {
 
 // Each distinct rejected content is counted and logged once.
 func TestWatchCountsEachDistinctRejection(t *testing.T) {
-	dir := t.TempDir()
-	if err := volume.WriteFiles(dir, map[string][]byte{"ca.crt": newCertPEM(t, "root")}, -1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := Load(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, b := mountedSecret(t, newCertPEM(t, "root"))
 	m := metrics.New()
 	changes := watching(t, b, m)
 	for _, garbage := range []string{"garbage one", "garbage two", "garbage two"} {
