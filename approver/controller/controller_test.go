@@ -444,3 +444,29 @@ func TestRunDecidesAndStops(t *testing.T) {
 		t.Fatalf("queue depth after Run = %d", ctrl.QueueDepth())
 	}
 }
+
+// cert-manager refusing the decision's write (its webhook: no approve
+// permission on the signer, or no such signer) is final for the request: an
+// Event and a metric, and no retry.
+func TestSyncRefusedDecisionIsFinal(t *testing.T) {
+	f := newFixture(t, flagIssuer, request(t, "cr"))
+	f.client.PrependReactor("update", "certificaterequests", func(core.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "cert-manager.io", Resource: "certificaterequests"}, "cr",
+			errors.New(`admission webhook "webhook.cert-manager.io" denied the request: spec.issuerRef: Forbidden: referenced signer resource does not exist`))
+	})
+	if err := f.sync("cr"); err != nil {
+		t.Fatalf("sync = %v, want nil: a refused decision is not retried", err)
+	}
+	select {
+	case e := <-f.recorder.Events:
+		if !strings.HasPrefix(e, "Warning "+EventRefused+" ") || !strings.Contains(e, "referenced signer resource does not exist") ||
+			!strings.Contains(e, "clusterissuers.cert-manager.io/*") {
+			t.Errorf("event = %q", e)
+		}
+	default:
+		t.Fatal("no event for the refused decision")
+	}
+	if got := testutil.ToFloat64(f.ctrl.metrics.RefusedCounter(metrics.ResultApproved)); got != 1 {
+		t.Errorf("refused approvals = %v, want 1", got)
+	}
+}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -22,7 +23,13 @@ import (
 const (
 	EventApproved = "Approved"
 	EventDenied   = "Denied"
+	// EventRefused: cert-manager refused the decision's write; final for
+	// the request (see sync).
+	EventRefused = "DecisionRefused"
 )
+
+// maxRefusal bounds the API's words quoted in a refusal's Event and log.
+const maxRefusal = 512
 
 // ApprovedMessage is the message of the Approved condition.
 const ApprovedMessage = "approved by svid-csi: every SPIFFE check passed"
@@ -69,6 +76,14 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil
+	case apierrors.IsForbidden(err):
+		// cert-manager's webhook (no approve permission on this issuer's
+		// signer, a signer that does not exist) or RBAC said no: retrying
+		// cannot change that, and each try costs a SubjectAccessReview and a
+		// discovery call. Final for this request until it changes or the
+		// approver restarts.
+		c.refused(ctx, cr, string(condType), result, err)
+		return nil
 	case err != nil:
 		return fmt.Errorf("set %s condition on CertificateRequest %s: %w", condType, key, err)
 	}
@@ -87,4 +102,33 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 		logger.Info("Denied CertificateRequest", "certificaterequest", klog.KObj(cr), "check", check, "message", message, "latency", latency)
 	}
 	return nil
+}
+
+// refused records a decision cert-manager would not let be written: an Event
+// on the request, a metric and a log line, once.
+func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, condType, result string, err error) {
+	reason := err.Error()
+	if len(reason) > maxRefusal {
+		reason = reason[:maxRefusal] + "..."
+	}
+	msg := fmt.Sprintf("cert-manager refused the %s condition, so the request stays undecided: %q. Give the approver "+
+		"the approve verb on this issuer's signer (signers, %s), or name an issuer that exists; the request is decided again "+
+		"when it changes or the approver restarts", condType, reason, signerName(cr.Spec.IssuerRef))
+	c.metrics.Refused(result)
+	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, msg)
+	klog.FromContext(ctx).Error(err, "cert-manager refused the decision; not retrying", "certificaterequest", klog.KObj(cr), "condition", condType)
+}
+
+// signerName is the signers resource name to grant the approve verb on, as
+// the shipped RBAC does: <plural>.<group>/* (the plural a best guess for
+// other groups: the lower-cased kind plus "s").
+func signerName(ref cmmeta.IssuerReference) string {
+	kind, group := ref.Kind, ref.Group
+	if kind == "" {
+		kind = cmapi.IssuerKind
+	}
+	if group == "" {
+		group = "cert-manager.io"
+	}
+	return strings.ToLower(kind) + "s." + group + "/*"
 }

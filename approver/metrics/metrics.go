@@ -22,6 +22,7 @@ const CheckNone = "none"
 type Metrics struct {
 	reg       prometheus.Registerer
 	decisions *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 	latency   prometheus.Histogram
 	leader    prometheus.Gauge
 }
@@ -32,6 +33,10 @@ type Metrics struct {
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		reg: reg,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "svid_csi_approver_decisions_refused_total",
+			Help: "Decisions cert-manager refused to let the approver write (its webhook or RBAC: no approve permission on the issuer's signer, or an issuer that does not exist), by result; each is final for its request.",
+		}, []string{"result"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "svid_csi_approver_decisions_total",
 			Help: "Decisions written on CertificateRequests, by result and by the check that denied (none for an approval).",
@@ -46,7 +51,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "1 while this replica holds the leader lease and runs workers, else 0.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.latency, m.leader,
+	reg.MustRegister(m.decisions, m.refused, m.latency, m.leader,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -64,6 +69,14 @@ func (m *Metrics) ObserveQueue(depth func() int) {
 		Name: "svid_csi_approver_queue_depth",
 		Help: "CertificateRequests waiting in the work queue.",
 	}, func() float64 { return float64(depth()) }))
+}
+
+// Refused records a decision that cert-manager refused to let be written.
+func (m *Metrics) Refused(result string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(result).Inc()
 }
 
 // Decision records one decision and its latency since the request was created.
@@ -95,4 +108,9 @@ func (m *Metrics) SetLeader(leading bool) {
 // DecisionsCounter returns the decisions counter for one result and check, for tests.
 func (m *Metrics) DecisionsCounter(result, check string) prometheus.Counter {
 	return m.decisions.WithLabelValues(result, check)
+}
+
+// RefusedCounter exposes one refused-decisions series, for tests.
+func (m *Metrics) RefusedCounter(result string) prometheus.Counter {
+	return m.refused.WithLabelValues(result)
 }

@@ -137,6 +137,8 @@ type requestOpts struct {
 	isCA       bool
 	duration   time.Duration
 	issuer     string
+	// issuerKind and issuerGroup default to ClusterIssuer and cert-manager.io.
+	issuerKind, issuerGroup string
 }
 
 func (tn *tenant) request(t testing.TB, o requestOpts) *cmapi.CertificateRequest {
@@ -158,6 +160,12 @@ func (tn *tenant) request(t testing.TB, o requestOpts) *cmapi.CertificateRequest
 	if o.issuer == "" {
 		o.issuer = testbed.ClusterIssuerName
 	}
+	if o.issuerKind == "" {
+		o.issuerKind = "ClusterIssuer"
+	}
+	if o.issuerGroup == "" {
+		o.issuerGroup = "cert-manager.io"
+	}
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "svid-", Namespace: tn.ns, Labels: map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName}},
 		Spec: cmapi.CertificateRequestSpec{
@@ -165,7 +173,7 @@ func (tn *tenant) request(t testing.TB, o requestOpts) *cmapi.CertificateRequest
 			Duration:  &metav1.Duration{Duration: o.duration},
 			Usages:    spiffe.Usages,
 			IsCA:      o.isCA,
-			IssuerRef: cmmeta.IssuerReference{Name: o.issuer, Kind: "ClusterIssuer", Group: "cert-manager.io"},
+			IssuerRef: cmmeta.IssuerReference{Name: o.issuer, Kind: o.issuerKind, Group: o.issuerGroup},
 		},
 	}
 	if annotation != "" {
