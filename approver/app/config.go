@@ -72,11 +72,14 @@ func (c *Config) Complete() (Completed, error) {
 		return Completed{}, config.Bad("workers", "must be at least 1, got %d", c.Workers)
 	case c.HealthAddress == "":
 		return Completed{}, config.Bad("health-address", "required")
-	case config.Address("health-address", c.HealthAddress) != nil:
-		return Completed{}, config.Address("health-address", c.HealthAddress)
-	case config.Address("metrics-address", c.MetricsAddress) != nil:
-		return Completed{}, config.Address("metrics-address", c.MetricsAddress)
-	case c.MetricsAddress != "" && c.MetricsAddress == c.HealthAddress && !strings.HasSuffix(c.MetricsAddress, ":0"):
+	}
+	if err := config.Address("health-address", c.HealthAddress); err != nil {
+		return Completed{}, err
+	}
+	if err := config.Address("metrics-address", c.MetricsAddress); err != nil {
+		return Completed{}, err
+	}
+	if c.MetricsAddress != "" && c.MetricsAddress == c.HealthAddress && !strings.HasSuffix(c.MetricsAddress, ":0") {
 		return Completed{}, config.Bad("metrics-address", "must differ from --health-address")
 	}
 	return Completed{Config: *c, Parsed: parsed}, nil

@@ -16,7 +16,6 @@ import (
 
 	"github.com/svid-csi/svid-csi/driver/manager"
 	"github.com/svid-csi/svid-csi/driver/manager/managertest"
-	"github.com/svid-csi/svid-csi/driver/mount"
 	"github.com/svid-csi/svid-csi/driver/socket"
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
@@ -37,13 +36,8 @@ type testOption func(*manager.Options)
 // and mounter, on a temporary unix socket and returns clients for it.
 func startDriver(t *testing.T, logger klog.Logger, opts ...testOption) *testDriver {
 	t.Helper()
-	dir := t.TempDir()
-	store, err := volume.NewStore(filepath.Join(dir, "data"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi := managertest.NewIssuer()
-	cm := &managertest.CountingMounter{Interface: mount.NewFake()}
+	f := managertest.NewFakes(t)
+	dir, store, fi, cm := f.Dir, f.Store, f.Issuer, f.Mounter
 	o := manager.Options{Issuer: fi, Mounter: cm, Store: store,
 		Files: manager.FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}}
 	for _, fn := range opts {

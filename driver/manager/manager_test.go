@@ -41,13 +41,8 @@ type option func(*Options)
 // its renewals running until the test ends.
 func start(t *testing.T, opts ...option) *testManager {
 	t.Helper()
-	dir := t.TempDir()
-	store, err := volume.NewStore(filepath.Join(dir, "data"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi := managertest.NewIssuer()
-	cm := &managertest.CountingMounter{Interface: mount.NewFake()}
+	f := managertest.NewFakes(t)
+	dir, store, fi, cm := f.Dir, f.Store, f.Issuer, f.Mounter
 	o := Options{Issuer: fi, Mounter: cm, Store: store, Files: FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}}
 	for _, fn := range opts {
 		fn(&o)

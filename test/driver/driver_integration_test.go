@@ -224,15 +224,7 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	defer cancel()
 	n := startNode(t, "renew", nodeOpts{duration: 2 * time.Minute})
 	ns := newTenant(t, "renew")
-	v := n.pod(t, ns, "web", nil, nil)
-	if err := n.kubelet.Publish(ctx, v); err != nil {
-		t.Fatalf("publish: %v", err)
-	}
-	first := svid(t, v, id(ns))
-
-	repCtx, stopRepublish := context.WithCancel(ctx)
-	waitRepublish := n.kubelet.Republish(repCtx, v, 2*time.Second, nil)
-	defer func() { stopRepublish(); waitRepublish() }()
+	v, first, stopRepublish := n.republishedPod(t, ctx, ns, 2*time.Second)
 
 	// A request the killed run leaves pending (its key dies with the process):
 	// the restarted driver must delete it rather than let it wait for its pod.
@@ -269,7 +261,6 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	waitNoRequests(t, ns)
 	waitCreatedAsPod(t, ns, 2) // the publish's and the renewal's
 	stopRepublish()
-	waitRepublish()
 	if err := n.kubelet.DeletePod(ctx, v); err != nil {
 		t.Fatal(err)
 	}
@@ -284,18 +275,10 @@ func TestShortCertificatesRenew(t *testing.T) {
 	defer cancel()
 	n := startNode(t, "short", nodeOpts{duration: 30 * time.Second})
 	ns := newTenant(t, "short")
-	v := n.pod(t, ns, "web", nil, nil)
-	if err := n.kubelet.Publish(ctx, v); err != nil {
-		t.Fatalf("publish: %v", err)
-	}
-	first := svid(t, v, id(ns))
+	v, first, stopRepublish := n.republishedPod(t, ctx, ns, time.Second)
 	if life := first.NotAfter.Sub(first.NotBefore); life > time.Minute {
 		t.Fatalf("certificate valid for %s, want about 30 s", life)
 	}
-
-	repCtx, stopRepublish := context.WithCancel(ctx)
-	waitRepublish := n.kubelet.Republish(repCtx, v, time.Second, nil)
-	defer func() { stopRepublish(); waitRepublish() }()
 	renewed := waitRenewed(t, n, v, first, first.NotAfter)
 	t.Logf("renewed %s after issuance: NotAfter %s -> %s", renewed.NotBefore.Sub(first.NotBefore).Round(time.Second), first.NotAfter, renewed.NotAfter)
 	if !renewed.NotAfter.After(first.NotAfter) {
@@ -304,10 +287,27 @@ func TestShortCertificatesRenew(t *testing.T) {
 	waitNoRequests(t, ns)
 	waitCreatedAsPod(t, ns, 2) // the publish's and the renewal's
 	stopRepublish()
-	waitRepublish()
 	if err := n.kubelet.DeletePod(ctx, v); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// republishedPod publishes a pod "web" in ns, reads its SVID, and
+// republishes it every interval as the kubelet does, until stop (called at
+// the end of the test at the latest).
+func (n *node) republishedPod(t *testing.T, ctx context.Context, ns string, every time.Duration) (*testbed.PodVolume, *x509.Certificate, func()) {
+	t.Helper()
+	v := n.pod(t, ns, "web", nil, nil)
+	if err := n.kubelet.Publish(ctx, v); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	first := svid(t, v, id(ns))
+	repCtx, cancel := context.WithCancel(ctx)
+	wait := n.kubelet.Republish(repCtx, v, every, nil)
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); wait() }) }
+	t.Cleanup(stop)
+	return v, first, stop
 }
 
 // waitRenewed waits, until deadline, for v's certificate to be replaced by a

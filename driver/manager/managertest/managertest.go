@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,26 @@ import (
 	"github.com/svid-csi/svid-csi/driver/mount"
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
+
+// Fakes are what a Manager runs on in a unit test: a state store in a
+// temporary directory, the fake issuer and a counting fake mounter.
+type Fakes struct {
+	Dir     string // the store is under Dir/data; targets and sockets may go here too
+	Store   *volume.Store
+	Issuer  *Issuer
+	Mounter *CountingMounter
+}
+
+// NewFakes returns Fakes in a fresh temporary directory.
+func NewFakes(t testing.TB) *Fakes {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := volume.NewStore(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Fakes{Dir: dir, Store: store, Issuer: NewIssuer(), Mounter: &CountingMounter{Interface: mount.NewFake()}}
+}
 
 // Issuer signs a self-signed certificate for a fresh key; it can block and
 // fail on demand, and records calls.
