@@ -203,23 +203,47 @@ type issuedWatch struct {
 }
 
 func watchIssued(ctx context.Context, b *testing.B, ns string) *issuedWatch {
-	w, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).Watch(ctx, metav1.ListOptions{})
+	crs := bed.CertManager.CertmanagerV1().CertificateRequests(ns)
+	w, err := crs.Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	iw := &issuedWatch{issued: map[string]bool{}, wake: make(chan struct{})}
+	saw := func(cr *cmapi.CertificateRequest) {
+		if len(cr.Status.Certificate) == 0 {
+			return
+		}
+		iw.mu.Lock()
+		iw.issued[cr.Name] = true
+		close(iw.wake)
+		iw.wake = make(chan struct{})
+		iw.mu.Unlock()
+	}
 	go func() {
-		defer w.Stop()
-		for ev := range w.ResultChan() {
-			cr, ok := ev.Object.(*cmapi.CertificateRequest)
-			if !ok || len(cr.Status.Certificate) == 0 {
-				continue
+		for {
+			for ev := range w.ResultChan() {
+				if cr, ok := ev.Object.(*cmapi.CertificateRequest); ok {
+					saw(cr)
+				}
 			}
-			iw.mu.Lock()
-			iw.issued[cr.Name] = true
-			close(iw.wake)
-			iw.wake = make(chan struct{})
-			iw.mu.Unlock()
+			w.Stop()
+			// The API server ends watches (a timeout, an error event): list
+			// what was issued meanwhile and watch on from there.
+			for ctx.Err() == nil {
+				list, err := crs.List(ctx, metav1.ListOptions{})
+				if err == nil {
+					for i := range list.Items {
+						saw(&list.Items[i])
+					}
+					if w, err = crs.Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion}); err == nil {
+						break
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if ctx.Err() != nil {
+				return
+			}
 		}
 	}()
 	return iw
