@@ -247,7 +247,7 @@ func (b *Bed) startAPIServer(ctx context.Context) error {
 		return err
 	}
 	b.saSigningKey = saKey
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -340,7 +340,7 @@ func (b *Bed) startControllerManager(ctx context.Context) error {
 		// the not-ready taint a kubelet registers with.
 		controllers += ",deployment-controller,replicaset-controller,daemonset-controller,disruption-controller,node-lifecycle-controller"
 	}
-	ports, err := freePorts(1)
+	ports, err := FreePorts(1)
 	if err != nil {
 		return err
 	}
@@ -419,7 +419,9 @@ func repoRoot() (string, error) {
 	}
 }
 
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct loopback ports that were free a moment ago:
+// all are held until every one is found, so none is handed out twice.
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	var listeners []net.Listener
 	defer func() {
@@ -436,15 +438,6 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// FreePort returns a loopback port that was free a moment ago.
-func FreePort() (int, error) {
-	ports, err := freePorts(1)
-	if err != nil {
-		return 0, err
-	}
-	return ports[0], nil
 }
 
 func httpOK(client *http.Client, url string) func(context.Context) error {

@@ -128,7 +128,7 @@ func certManagerModuleDir() (string, error) {
 // startWebhook runs cert-manager's webhook on loopback and registers it with
 // the API server, as its Helm chart does, with a url instead of a Service.
 func (b *Bed) startWebhook(ctx context.Context) error {
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}

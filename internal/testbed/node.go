@@ -230,7 +230,7 @@ func (n *Node) startKubelet(ctx context.Context) error {
 	if err := b.WriteKubeconfig(kubeconfig, "", cert, key); err != nil {
 		return err
 	}
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -336,10 +336,11 @@ func (n *Node) KillContainer(ctx context.Context, containerID string) error {
 
 func (n *Node) startScheduler(ctx context.Context) error {
 	b := n.bed
-	port, err := FreePort()
+	ports, err := FreePorts(1)
 	if err != nil {
 		return err
 	}
+	port := ports[0]
 	p, err := b.StartProcess("kube-scheduler", b.Binary("kube-scheduler"),
 		"--kubeconfig="+b.AdminKubeconfig,
 		"--authentication-kubeconfig="+b.AdminKubeconfig,

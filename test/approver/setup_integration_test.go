@@ -70,14 +70,11 @@ func setupApprover(t testing.TB) string {
 func startApprover(t testing.TB, name string, extra ...string) *testbed.Process {
 	t.Helper()
 	kubeconfig := setupApprover(t)
-	health, err := testbed.FreePort()
+	ports, err := testbed.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := testbed.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	health, metrics := ports[0], ports[1]
 	args := append([]string{
 		"--kubeconfig=" + kubeconfig,
 		"--trust-domain=cluster.local",

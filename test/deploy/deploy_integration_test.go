@@ -309,14 +309,11 @@ func TestExampleEndToEnd(t *testing.T) {
 	// The approver, as its Deployment runs it.
 	_, dep := workloads(t, objs)
 	args := expandArgs(t, objs, dep.Spec.Template.Spec.Containers[0])
-	health, err := testbed.FreePort()
+	ports, err := testbed.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := testbed.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	health, metrics := ports[0], ports[1]
 	kubeconfig := filepath.Join(bed.Dir, "deploy-approver.kubeconfig")
 	if err := bed.WriteServiceAccountKubeconfig(ctx, kubeconfig, namespace, approverName); err != nil {
 		t.Fatal(err)
@@ -423,14 +420,11 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(root)
-	health, err := testbed.FreePort()
+	ports, err := testbed.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := testbed.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	health, metrics := ports[0], ports[1]
 	for i, a := range args {
 		name := argFlag(a)
 		_, v, _ := strings.Cut(a, "=")

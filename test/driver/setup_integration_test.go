@@ -352,15 +352,11 @@ func waitNoRequests(t testing.TB, ns string) {
 
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	out := make([]int, n)
-	for i := range out {
-		p, err := testbed.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = p
+	ports, err := testbed.FreePorts(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return ports
 }
 
 func id(ns string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/app" }
