@@ -6,11 +6,13 @@ package app
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	cmscheme "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/scheme"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
@@ -44,17 +46,24 @@ func Run(ctx context.Context, cfg Completed) error {
 		return fmt.Errorf("create cert-manager client: %w", err)
 	}
 
+	recorder, stopEvents, err := newRecorder(ctx, kube)
+	if err != nil {
+		return err
+	}
+	defer stopEvents()
+
+	// The approver, not every driver, records an invalid runtime ConfigMap
+	// in an Event, and only the replica that leads: one Event per problem.
+	var leading atomic.Bool
 	tracker, err := issuer.New(issuer.Options{
 		Flags:     cfg.Parsed.Issuer,
 		ConfigMap: cfg.Parsed.ConfigMap,
 		Client:    kube,
+		Recorder:  leaderOnly{recorder, &leading},
 	})
 	if err != nil {
 		return err
 	}
-
-	recorder, stopEvents := newRecorder(ctx, kube)
-	defer stopEvents()
 
 	registry := prometheus.NewRegistry()
 	m := metrics.New(registry)
@@ -99,7 +108,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	})
 	g.Go("controller", func(ctx context.Context) error {
 		defer close(workersStopped)
-		return runController(ctx, cfg.Config, kube, ctrl, m)
+		return runController(ctx, cfg.Config, kube, ctrl, m, &leading)
 	})
 	return g.Wait()
 }
@@ -107,26 +116,59 @@ func Run(ctx context.Context, cfg Completed) error {
 // runController runs the workers until ctx is done: while holding the
 // leader Lease with leader election (the workers stop before the Lease is
 // released), else at once.
-func runController(ctx context.Context, cfg Config, kube kubernetes.Interface, ctrl *controller.Controller, m *metrics.Metrics) error {
+func runController(ctx context.Context, cfg Config, kube kubernetes.Interface, ctrl *controller.Controller, m *metrics.Metrics, leading *atomic.Bool) error {
 	if !cfg.LeaderElection {
 		m.SetLeader(true)
+		leading.Store(true)
 		return ctrl.Run(ctx, cfg.Workers)
 	}
 	return runLeaderElection(ctx, cfg, kube, func(ctx context.Context) {
 		m.SetLeader(true)
+		leading.Store(true)
 		defer m.SetLeader(false)
+		defer leading.Store(false)
 		if err := ctrl.Run(ctx, cfg.Workers); err != nil {
 			klog.FromContext(ctx).Error(err, "Controller stopped")
 		}
 	})
 }
 
-// newRecorder records Events through the core/v1 events API. cert-manager's
-// scheme resolves a CertificateRequest's kind even when the object from the
-// cache has no TypeMeta.
-func newRecorder(ctx context.Context, kube kubernetes.Interface) (record.EventRecorder, func()) {
+// leaderOnly records Events only while leading is true.
+type leaderOnly struct {
+	rec     record.EventRecorder
+	leading *atomic.Bool
+}
+
+func (l leaderOnly) Event(obj runtime.Object, eventtype, reason, message string) {
+	if l.leading.Load() {
+		l.rec.Event(obj, eventtype, reason, message)
+	}
+}
+
+func (l leaderOnly) Eventf(obj runtime.Object, eventtype, reason, messageFmt string, args ...any) {
+	if l.leading.Load() {
+		l.rec.Eventf(obj, eventtype, reason, messageFmt, args...)
+	}
+}
+
+func (l leaderOnly) AnnotatedEventf(obj runtime.Object, annotations map[string]string, eventtype, reason, messageFmt string, args ...any) {
+	if l.leading.Load() {
+		l.rec.AnnotatedEventf(obj, annotations, eventtype, reason, messageFmt, args...)
+	}
+}
+
+// newRecorder records Events through the core/v1 events API. Its scheme
+// resolves the kind of a CertificateRequest and of a ConfigMap even when the
+// object from a cache has no TypeMeta.
+func newRecorder(ctx context.Context, kube kubernetes.Interface) (record.EventRecorder, func(), error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, cmscheme.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, nil, fmt.Errorf("event scheme: %w", err)
+		}
+	}
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartStructuredLogging(3)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	return broadcaster.NewRecorder(cmscheme.Scheme, corev1.EventSource{Component: Component}), broadcaster.Shutdown
+	return broadcaster.NewRecorder(scheme, corev1.EventSource{Component: Component}), broadcaster.Shutdown, nil
 }

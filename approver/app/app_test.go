@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 )
@@ -146,24 +147,58 @@ func TestLeaderElectionRecampaignsAfterLoss(t *testing.T) {
 	}
 }
 
-func TestRecorderWritesEventsOnCertificateRequests(t *testing.T) {
+// The recorder names the kind of what it records on (objects from caches
+// carry no TypeMeta): CertificateRequests and the runtime ConfigMap.
+func TestRecorderWritesEventsOnCertificateRequestsAndConfigMaps(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	kube := kubefake.NewClientset()
-	recorder, stop := newRecorder(ctx, kube)
-	defer stop()
-	cr := &cmapi.CertificateRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "cr", UID: "1234"}}
-	recorder.Event(cr, corev1.EventTypeNormal, "Approved", "ok")
-	var events *corev1.EventList
-	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		var err error
-		events, err = kube.CoreV1().Events("team-a").List(ctx, metav1.ListOptions{})
-		return err == nil && len(events.Items) > 0, nil
-	})
+	recorder, stop, err := newRecorder(ctx, kube)
 	if err != nil {
-		t.Fatalf("no Event was written: %v", err)
+		t.Fatal(err)
 	}
-	ref := events.Items[0].InvolvedObject
-	if ref.Kind != "CertificateRequest" || ref.APIVersion != "cert-manager.io/v1" || ref.Name != "cr" || events.Items[0].Reason != "Approved" {
-		t.Fatalf("Event = %+v, want reason Approved on cert-manager.io/v1 CertificateRequest team-a/cr", events.Items[0])
+	defer stop()
+	for _, tc := range []struct {
+		obj        runtime.Object
+		ns         string
+		kind, apiV string
+	}{
+		{&cmapi.CertificateRequest{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "cr", UID: "1234"}}, "team-a", "CertificateRequest", "cert-manager.io/v1"},
+		{&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "cert-manager", Name: "svid-csi-issuer", UID: "5678"}}, "cert-manager", "ConfigMap", "v1"},
+	} {
+		recorder.Event(tc.obj, corev1.EventTypeWarning, "Reason", "message")
+		var events *corev1.EventList
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+			var err error
+			events, err = kube.CoreV1().Events(tc.ns).List(ctx, metav1.ListOptions{})
+			return err == nil && len(events.Items) > 0, nil
+		})
+		if err != nil {
+			t.Fatalf("no Event was written in %s: %v", tc.ns, err)
+		}
+		if ref := events.Items[0].InvolvedObject; ref.Kind != tc.kind || ref.APIVersion != tc.apiV {
+			t.Errorf("Event on %s %s, want %s %s", ref.APIVersion, ref.Kind, tc.apiV, tc.kind)
+		}
+	}
+}
+
+// Only the leading replica records the tracker's Events: both replicas see
+// the same invalid ConfigMap, and one Event per problem is enough.
+func TestLeaderOnlyRecorder(t *testing.T) {
+	fake := record.NewFakeRecorder(10)
+	var leading atomic.Bool
+	rec := leaderOnly{fake, &leading}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "cert-manager", Name: "svid-csi-issuer"}}
+	rec.Eventf(cm, corev1.EventTypeWarning, "Invalid", "standing by %d", 1)
+	rec.Event(cm, corev1.EventTypeWarning, "Invalid", "standing by")
+	rec.AnnotatedEventf(cm, nil, corev1.EventTypeWarning, "Invalid", "standing by")
+	if n := len(fake.Events); n != 0 {
+		t.Fatalf("%d events recorded while standing by, want 0", n)
+	}
+	leading.Store(true)
+	rec.Eventf(cm, corev1.EventTypeWarning, "Invalid", "leading %d", 1)
+	rec.Event(cm, corev1.EventTypeWarning, "Invalid", "leading")
+	rec.AnnotatedEventf(cm, nil, corev1.EventTypeWarning, "Invalid", "leading")
+	if n := len(fake.Events); n != 3 {
+		t.Fatalf("%d events recorded while leading, want 3", n)
 	}
 }

@@ -129,14 +129,18 @@ func deny(check, field, exp, got string) *Denial {
 // defaults filled in: joined into one string, a kind and group split
 // elsewhere ("ClusterIssuer.cert-manager" in group "io") would read the same.
 func checkIssuer(got, exp cmmeta.IssuerReference) *Denial {
-	if got, exp := defaulted(got), defaulted(exp); got != exp {
+	if got, exp := Defaulted(got), Defaulted(exp); got != exp {
 		return deny(CheckIssuer, "spec.issuerRef", issuerString(exp), issuerString(got))
 	}
 	return nil
 }
 
-// defaulted fills in cert-manager's defaults: kind Issuer, group cert-manager.io.
-func defaulted(r cmmeta.IssuerReference) cmmeta.IssuerReference {
+// SameIssuer reports whether two references name the same issuer once
+// cert-manager's defaults are filled in.
+func SameIssuer(a, b cmmeta.IssuerReference) bool { return Defaulted(a) == Defaulted(b) }
+
+// Defaulted fills in cert-manager's defaults: kind Issuer, group cert-manager.io.
+func Defaulted(r cmmeta.IssuerReference) cmmeta.IssuerReference {
 	if r.Kind == "" {
 		r.Kind = cmapi.IssuerKind
 	}

@@ -33,6 +33,11 @@ import (
 // IssuerSource tells the active issuer (internal/issuer.Tracker).
 type IssuerSource interface {
 	Current() (cmmeta.IssuerReference, bool)
+	// Previous is the issuer active before the last switch, while a request
+	// created at created may still name it.
+	Previous(created time.Time) (cmmeta.IssuerReference, bool)
+	// Fresh is the active issuer read from the API server, not a cache.
+	Fresh(ctx context.Context) (cmmeta.IssuerReference, bool, error)
 	HasSynced() bool
 }
 

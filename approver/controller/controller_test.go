@@ -105,6 +105,16 @@ type fixture struct {
 
 func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.CertificateRequest) *fixture {
 	t.Helper()
+	// The issuer comes from flags: the tracker answers without running.
+	tracker, err := issuer.New(issuer.Options{Flags: flags, Client: kubefake.NewClientset()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newFixtureWith(t, tracker, objs...)
+}
+
+func newFixtureWith(t *testing.T, src IssuerSource, objs ...*cmapi.CertificateRequest) *fixture {
+	t.Helper()
 	var runtimeObjs []runtime.Object
 	for _, o := range objs {
 		runtimeObjs = append(runtimeObjs, o)
@@ -115,11 +125,6 @@ func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.Certi
 		recorder: record.NewFakeRecorder(10),
 		registry: prometheus.NewRegistry(),
 	}
-	// The issuer comes from flags: the tracker answers without running.
-	tracker, err := issuer.New(issuer.Options{Flags: flags, Client: kubefake.NewClientset()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	factory := NewInformerFactory(f.client, spiffe.DefaultDriverName)
 	informer := factory.Certmanager().V1().CertificateRequests()
 	for _, o := range objs {
@@ -128,10 +133,11 @@ func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.Certi
 		}
 	}
 	m := metrics.New(f.registry)
+	var err error
 	f.ctrl, err = New(Options{
 		Client:      f.client,
 		Informer:    informer,
-		Issuer:      tracker,
+		Issuer:      src,
 		TrustDomain: trustDomain,
 		Duration:    time.Hour,
 		Recorder:    f.recorder,
@@ -460,7 +466,7 @@ func TestSyncRefusedDecisionIsFinal(t *testing.T) {
 	select {
 	case e := <-f.recorder.Events:
 		if !strings.HasPrefix(e, "Warning "+EventRefused+" ") || !strings.Contains(e, "referenced signer resource does not exist") ||
-			!strings.Contains(e, "clusterissuers.cert-manager.io/*") {
+			!strings.Contains(e, "clusterissuers.cert-manager.io/spiffe-ca to the resourceNames of ClusterRole svid-csi-approver:signers") {
 			t.Errorf("event = %q", e)
 		}
 	default:
@@ -470,3 +476,149 @@ func TestSyncRefusedDecisionIsFinal(t *testing.T) {
 		t.Errorf("refused approvals = %v, want 1", got)
 	}
 }
+
+// A denial for an issuer the approver may not decide for is not written
+// (cert-manager's webhook refuses it): the request is left to that issuer's
+// approver, with an Event and a metric saying so, and no retry. A refusal by
+// RBAC on the status subresource is the approver's own misconfiguration.
+func TestSyncForeignIssuerLeftUndecided(t *testing.T) {
+	for name, tc := range map[string]struct {
+		refusal   string
+		wantEvent string
+	}{
+		"by the webhook": {`admission webhook "webhook.cert-manager.io" denied the request: user does not have permissions to set approved/denied conditions`,
+			"names the issuer clusterissuers.cert-manager.io/someone-elses, which is not the active SPIFFE issuer"},
+		"by RBAC": {`certificaterequests.cert-manager.io "cr" is forbidden: User cannot update resource "certificaterequests/status"`,
+			"Give the approver the approve verb"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cr := request(t, "cr")
+			cr.Spec.IssuerRef.Name = "someone-elses"
+			f := newFixture(t, flagIssuer, cr)
+			f.client.PrependReactor("update", "certificaterequests", func(core.Action) (bool, runtime.Object, error) {
+				return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "cert-manager.io", Resource: "certificaterequests"}, "cr", errors.New(tc.refusal))
+			})
+			if err := f.sync("cr"); err != nil {
+				t.Fatalf("sync = %v, want nil: not retried", err)
+			}
+			select {
+			case e := <-f.recorder.Events:
+				if !strings.HasPrefix(e, "Warning "+EventRefused+" ") || !strings.Contains(e, tc.wantEvent) {
+					t.Errorf("event %q, want a %s Warning with %q", e, EventRefused, tc.wantEvent)
+				}
+			default:
+				t.Fatal("no event")
+			}
+			if got := testutil.ToFloat64(f.ctrl.metrics.RefusedCounter(metrics.ResultDenied)); got != 1 {
+				t.Errorf("refused denials = %v, want 1", got)
+			}
+		})
+	}
+}
+
+func TestSignerName(t *testing.T) {
+	for _, tc := range []struct {
+		ref  cmmeta.IssuerReference
+		want string
+	}{
+		{cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}, "clusterissuers.cert-manager.io/ca"},
+		{cmmeta.IssuerReference{Name: "ca"}, "issuers.cert-manager.io/team-a.ca"},
+		{cmmeta.IssuerReference{Name: "step", Kind: "StepClusterIssuer", Group: "certmanager.step.sm"}, "stepclusterissuers.certmanager.step.sm/step"},
+		{cmmeta.IssuerReference{Name: "x\n\x1b[31m", Kind: "ClusterIssuer"}, `clusterissuers.cert-manager.io/x\n\x1b[31m`},
+	} {
+		if got := signerName("team-a", tc.ref); got != tc.want {
+			t.Errorf("signerName(%+v) = %q, want %q", tc.ref, got, tc.want)
+		}
+	}
+}
+
+// switching is an issuer source just after a switch from prev to active,
+// whose API server may already say fresh.
+type switching struct {
+	active, prev, fresh cmmeta.IssuerReference
+	prevUntil           time.Time // requests created up to then may name prev
+	freshErr            error
+	freshCalls          int
+}
+
+func (s *switching) Current() (cmmeta.IssuerReference, bool) { return s.active, true }
+func (s *switching) HasSynced() bool                         { return true }
+func (s *switching) Previous(created time.Time) (cmmeta.IssuerReference, bool) {
+	return s.prev, s.prev.Name != "" && !created.After(s.prevUntil)
+}
+func (s *switching) Fresh(context.Context) (cmmeta.IssuerReference, bool, error) {
+	s.freshCalls++
+	return s.fresh, s.fresh.Name != "", s.freshErr
+}
+
+// During an issuer switch nothing is denied that a driver made in good
+// faith: a request for the issuer just replaced (made before the driver saw
+// the switch), or for the new one the API server already has (made before
+// this approver saw it). Anything else still is.
+func TestSyncIssuerSwitch(t *testing.T) {
+	second := cmmeta.IssuerReference{Name: "second-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+	third := cmmeta.IssuerReference{Name: "third-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+	created := metav1.NewTime(decidedAt.Add(-time.Second))
+	for name, tc := range map[string]struct {
+		names      cmmeta.IssuerReference
+		src        switching
+		approve    bool
+		wantFresh  int
+		wantErrSub string
+	}{
+		"the previous issuer, made before the switch": {
+			names: flagIssuer, src: switching{active: second, prev: flagIssuer, prevUntil: created.Time, fresh: second},
+			approve: true,
+		},
+		"the previous issuer, made after the window": {
+			names: flagIssuer, src: switching{active: second, prev: flagIssuer, prevUntil: created.Add(-time.Second), fresh: second},
+			wantFresh: 1,
+		},
+		"the new issuer, the watch behind": {
+			names: second, src: switching{active: flagIssuer, fresh: second}, approve: true, wantFresh: 1,
+		},
+		"the new issuer, empty kind and group defaulted": {
+			names: cmmeta.IssuerReference{Name: "second-ca", Kind: "ClusterIssuer"}, src: switching{active: flagIssuer, fresh: second},
+			approve: true, wantFresh: 1,
+		},
+		"an issuer never active": {
+			names: third, src: switching{active: second, prev: flagIssuer, prevUntil: created.Time, fresh: second}, wantFresh: 1,
+		},
+		"the ConfigMap invalid: retried, not denied": {
+			names: second, src: switching{active: flagIssuer, freshErr: issuer.ErrInvalidConfigMap},
+			wantFresh: 1, wantErrSub: "invalid",
+		},
+		"the API server unreachable: retried, not denied": {
+			names: second, src: switching{active: flagIssuer, freshErr: errors.New("connection refused")},
+			wantFresh: 1, wantErrSub: "connection refused",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cr := request(t, "cr")
+			cr.CreationTimestamp = created
+			cr.Spec.IssuerRef = tc.names
+			src := tc.src
+			f := newFixtureWith(t, &src, cr)
+			err := f.sync("cr")
+			if src.freshCalls != tc.wantFresh {
+				t.Errorf("Fresh called %d times, want %d", src.freshCalls, tc.wantFresh)
+			}
+			switch {
+			case tc.wantErrSub != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErrSub) {
+					t.Fatalf("sync = %v, want a retry error with %q", err, tc.wantErrSub)
+				}
+				f.expectNoActions()
+			case err != nil:
+				t.Fatalf("sync: %v", err)
+			case tc.approve:
+				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
+			default:
+				msg := `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/second-ca" got="` + checksIssuer(tc.names) + `"`
+				f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
+			}
+		})
+	}
+}
+
+func checksIssuer(r cmmeta.IssuerReference) string { return r.Kind + "." + r.Group + "/" + r.Name }

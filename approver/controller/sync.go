@@ -3,7 +3,9 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -53,6 +55,9 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	if !ok {
 		return fmt.Errorf("cannot check spec.issuerRef: %w", issuer.ErrNoIssuer)
 	}
+	if ref, err = c.issuerFor(ctx, cr, ref); err != nil {
+		return err
+	}
 
 	denial := checks.Evaluate(cr, checks.Policy{TrustDomain: c.td, Duration: c.duration, Issuer: ref})
 	condType, message, result, check := cmapi.CertificateRequestConditionApproved, ApprovedMessage, metrics.ResultApproved, ""
@@ -75,6 +80,13 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	updated, err := c.client.CertmanagerV1().CertificateRequests(cr.Namespace).UpdateStatus(ctx, cr, metav1.UpdateOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
+		return nil
+	case apierrors.IsForbidden(err) && denial != nil && denial.Check == checks.CheckIssuer && byWebhook(err):
+		// A request for an issuer this approver may not decide for (its
+		// signer is not in the approver's RBAC) is left to whoever approves
+		// for that issuer: an Event and a metric say so, and the log only at
+		// -v=2 (anyone who may create requests can make such a request).
+		c.foreign(ctx, cr, result)
 		return nil
 	case apierrors.IsForbidden(err):
 		// cert-manager's webhook (no approve permission on this issuer's
@@ -104,6 +116,40 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	return nil
 }
 
+// freshTimeout bounds the read of the runtime issuance ConfigMap that
+// confirms an issuer mismatch.
+const freshTimeout = 5 * time.Second
+
+// issuerFor returns the issuer the request is checked against: the active
+// one, unless the request names the issuer that was active just before a
+// switch (a driver made it before it saw the switch), or the API server
+// already says the request's issuer is active (the driver saw the switch
+// before this approver's watch did). A switch mid-traffic then denies
+// nothing. A request naming anything else is checked against the active
+// issuer, and denied.
+func (c *Controller) issuerFor(ctx context.Context, cr *cmapi.CertificateRequest, active cmmeta.IssuerReference) (cmmeta.IssuerReference, error) {
+	got := cr.Spec.IssuerRef
+	if checks.SameIssuer(got, active) {
+		return active, nil
+	}
+	logger := klog.FromContext(ctx)
+	if prev, ok := c.issuer.Previous(cr.CreationTimestamp.Time); ok && checks.SameIssuer(got, prev) {
+		logger.V(2).Info("Request names the issuer active before the switch; checking it against that one", "certificaterequest", klog.KObj(cr))
+		return prev, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, freshTimeout)
+	defer cancel()
+	fresh, ok, err := c.issuer.Fresh(ctx)
+	if err != nil {
+		return active, fmt.Errorf("confirm the active issuer before checking spec.issuerRef: %w", err)
+	}
+	if ok && checks.SameIssuer(got, fresh) {
+		logger.V(2).Info("Request names the issuer the API server says is active; the watch has not caught up", "certificaterequest", klog.KObj(cr))
+		return fresh, nil
+	}
+	return active, nil
+}
+
 // refused records a decision cert-manager would not let be written: an Event
 // on the request, a metric and a log line, once.
 func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, condType, result string, err error) {
@@ -112,23 +158,53 @@ func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, 
 		reason = reason[:maxRefusal] + "..."
 	}
 	msg := fmt.Sprintf("cert-manager refused the %s condition, so the request stays undecided: %q. Give the approver "+
-		"the approve verb on this issuer's signer (signers, %s), or name an issuer that exists; the request is decided again "+
-		"when it changes or the approver restarts", condType, reason, signerName(cr.Spec.IssuerRef))
+		"the approve verb on this issuer's signer: add %s to the resourceNames of ClusterRole svid-csi-approver:signers "+
+		"(config.env's ISSUER_RESOURCE and ISSUER_NAME), or name an issuer that exists; the request is decided again "+
+		"when it changes or the approver restarts", condType, reason, signerName(cr.Namespace, cr.Spec.IssuerRef))
 	c.metrics.Refused(result)
 	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, msg)
 	klog.FromContext(ctx).Error(err, "cert-manager refused the decision; not retrying", "certificaterequest", klog.KObj(cr), "condition", condType)
 }
 
-// signerName is the signers resource name to grant the approve verb on, as
-// the shipped RBAC does: <plural>.<group>/* (the plural a best guess for
-// other groups: the lower-cased kind plus "s").
-func signerName(ref cmmeta.IssuerReference) string {
+// byWebhook reports whether cert-manager's admission webhook, not RBAC on
+// the status subresource, refused the write.
+func byWebhook(err error) bool { return strings.Contains(err.Error(), "admission webhook") }
+
+// foreign records a denial cert-manager would not let be written because the
+// request names an issuer that is not this approver's to decide.
+func (c *Controller) foreign(ctx context.Context, cr *cmapi.CertificateRequest, result string) {
+	signer := signerName(cr.Namespace, cr.Spec.IssuerRef)
+	c.metrics.Refused(result)
+	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, fmt.Sprintf("Not decided by svid-csi: the request names "+
+		"the issuer %s, which is not the active SPIFFE issuer, and cert-manager lets this approver decide only for the "+
+		"signers it is given; the request stays undecided for that issuer's approver", signer))
+	klog.FromContext(ctx).V(2).Info("Request names an issuer this approver may not decide for; left undecided",
+		"certificaterequest", klog.KObj(cr), "signer", signer)
+}
+
+// signerName is the signers resource name cert-manager checks the approve
+// verb on: <plural>.<group>/<name> for a cluster-scoped issuer, and
+// <plural>.<group>/<namespace>.<name> for a namespaced one. For other
+// groups the plural (lower-cased kind plus "s") and the scope (a kind
+// containing "Cluster") are best guesses; cert-manager asks discovery.
+func signerName(namespace string, ref cmmeta.IssuerReference) string {
+	ref = checks.Defaulted(ref)
 	kind, group := ref.Kind, ref.Group
-	if kind == "" {
-		kind = cmapi.IssuerKind
+	name := quoteBounded(ref.Name)
+	if !strings.Contains(kind, "Cluster") {
+		name = namespace + "." + name
 	}
-	if group == "" {
-		group = "cert-manager.io"
+	return quoteBounded(strings.ToLower(kind)) + "s." + quoteBounded(group) + "/" + name
+}
+
+// quoteBounded keeps a value from a request printable and bounded in a
+// message (253 bytes, the longest object name): what is not printable
+// ASCII is escaped.
+func quoteBounded(s string) string {
+	const max = 253
+	if len(s) > max {
+		s = s[:max]
 	}
-	return strings.ToLower(kind) + "s." + group + "/*"
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -52,14 +53,20 @@ type Options struct {
 	NodeName    string
 	TrustDomain spiffeid.TrustDomain
 	Duration    time.Duration
-	// Issuer names the issuer of each new request.
-	Issuer *issuer.Tracker
+	// Issuer names the issuer of each new request (an *issuer.Tracker).
+	Issuer IssuerSource
 	// PodClient creates requests; it must be built from PodConfig, so each
 	// call carries the token set by withToken.
 	PodClient cmclient.Interface
 	// DriverClient deletes requests, with the driver's own credentials.
 	DriverClient cmclient.Interface
 	Waiter       *Waiter
+}
+
+// IssuerSource tells the active issuer and when it changes.
+type IssuerSource interface {
+	Current() (cmmeta.IssuerReference, bool)
+	Changed() <-chan struct{}
 }
 
 // Client issues certificates. It remembers a request still pending when a
@@ -76,6 +83,7 @@ type Client struct {
 type pendingRequest struct {
 	namespace, name string
 	podUID          string
+	issuer          cmmeta.IssuerReference
 	key             crypto.Signer
 }
 
@@ -135,63 +143,104 @@ func (c *Client) isPending(namespace, name string) bool {
 }
 
 // Issue returns a certificate for the request's pod, resuming the volume's
-// pending request if there is one. Errors carry a failure.Reason. After the result is
-// written, call Release to delete the request.
+// pending request if there is one. When the active issuer changes while a
+// request waits, that request is deleted and a new one made for the new
+// issuer. Errors carry a failure.Reason. After the result is written, call
+// Release to delete the request.
 func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
+	logger := klog.FromContext(ctx)
+	for {
+		// Taken before the pending request is chosen: a switch after this
+		// point ends the wait below.
+		changed := c.opts.Issuer.Changed()
+		p, err := c.pendingFor(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		ref := klog.KRef(p.namespace, p.name)
+		cr, err := c.opts.Waiter.wait(ctx, p.namespace, p.name, changed)
+		switch {
+		case errors.Is(err, errIssuerChanged):
+			continue // pendingFor replaces the request if it names the old issuer
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+			return nil, failure.New(failure.Timeout, "CertificateRequest %s is still pending; the next call resumes it", ref)
+		case errors.Is(err, errDeleted):
+			c.forget(req.VolumeID)
+			return nil, failure.New(failure.API, "CertificateRequest %s: %w", ref, err)
+		case err != nil:
+			return nil, failure.New(failure.Local, "wait for CertificateRequest %s: %w", ref, err)
+		}
+		o, msg := outcomeOf(cr)
+		if o == denied || o == failed {
+			c.Release(ctx, req.VolumeID)
+			if c.stale(p) {
+				// Decided against the old issuer after a switch: ask the new one.
+				logger.Info("CertificateRequest for the previous issuer was not issued; asking the active one",
+					logkey.CertificateRequest, ref, "outcome", msg)
+				continue
+			}
+		}
+		switch o {
+		case denied:
+			return nil, failure.New(failure.Denied, "request denied: %s", msg)
+		case failed:
+			return nil, failure.New(failure.Failed, "request failed: %s", msg)
+		}
+		res, err := result(cr, p.key)
+		if err != nil {
+			c.Release(ctx, req.VolumeID)
+			return nil, failure.New(failure.Failed, "CertificateRequest %s: %w", ref, err)
+		}
+		res.Request = ref
+		return res, nil
+	}
+}
+
+// pendingFor returns the volume's pending request, or creates one. A pending
+// request of another pod (the volume ID reused), one that is gone, or one
+// for an issuer that is no longer active is replaced.
+func (c *Client) pendingFor(ctx context.Context, req Request) (*pendingRequest, error) {
 	logger := klog.FromContext(ctx)
 	c.mu.Lock()
 	p := c.pending[req.VolumeID]
 	c.mu.Unlock()
-	if p != nil && p.podUID != req.PodUID {
+	switch {
+	case p == nil:
+	case p.podUID != req.PodUID:
 		c.Release(ctx, req.VolumeID)
 		p = nil
-	}
-	if p != nil && c.gone(ctx, p) {
+	case c.stale(p):
+		logger.Info("Active issuer changed; replacing the pending CertificateRequest",
+			logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "previous", issuer.RefString(p.issuer))
+		c.Release(ctx, req.VolumeID)
+		p = nil
+	case c.gone(ctx, p):
 		// Deleted while nobody waited on it (an admin, a cleanup job): resuming
 		// it would wait for ever, so a new one is made.
 		logger.Info("Pending CertificateRequest is gone; creating a new one", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 		c.forget(req.VolumeID)
 		p = nil
 	}
-	if p == nil {
-		var err error
-		if p, err = c.create(ctx, req); err != nil {
-			return nil, err
-		}
-		c.mu.Lock()
-		c.pending[req.VolumeID] = p
-		c.mu.Unlock()
-		logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
-	} else {
+	if p != nil {
 		logger.V(2).Info("Resuming pending CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
+		return p, nil
 	}
-
-	cr, err := c.opts.Waiter.wait(ctx, p.namespace, p.name)
-	ref := klog.KRef(p.namespace, p.name)
-	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return nil, failure.New(failure.Timeout, "CertificateRequest %s is still pending; the next call resumes it", ref)
-	case errors.Is(err, errDeleted):
-		c.forget(req.VolumeID)
-		return nil, failure.New(failure.API, "CertificateRequest %s: %w", ref, err)
-	case err != nil:
-		return nil, failure.New(failure.Local, "wait for CertificateRequest %s: %w", ref, err)
-	}
-	switch o, msg := outcomeOf(cr); o {
-	case denied:
-		c.Release(ctx, req.VolumeID)
-		return nil, failure.New(failure.Denied, "request denied: %s", msg)
-	case failed:
-		c.Release(ctx, req.VolumeID)
-		return nil, failure.New(failure.Failed, "request failed: %s", msg)
-	}
-	res, err := result(cr, p.key)
+	p, err := c.create(ctx, req)
 	if err != nil {
-		c.Release(ctx, req.VolumeID)
-		return nil, failure.New(failure.Failed, "CertificateRequest %s: %w", ref, err)
+		return nil, err
 	}
-	res.Request = ref
-	return res, nil
+	c.mu.Lock()
+	c.pending[req.VolumeID] = p
+	c.mu.Unlock()
+	logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "issuer", issuer.RefString(p.issuer))
+	return p, nil
+}
+
+// stale reports whether the request names an issuer that is no longer the
+// active one. With no issuer active at all it is kept: nothing could replace it.
+func (c *Client) stale(p *pendingRequest) bool {
+	cur, ok := c.opts.Issuer.Current()
+	return ok && cur != p.issuer
 }
 
 func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, error) {
@@ -221,7 +270,7 @@ func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, erro
 	if err != nil {
 		return nil, apiError(ctx, fmt.Sprintf("create CertificateRequest as ServiceAccount %s/%s", req.Namespace, req.ServiceAccount), err)
 	}
-	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, key: key}, nil
+	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, issuer: ref, key: key}, nil
 }
 
 // Release deletes the volume's request, if any, with the driver's own

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +49,11 @@ func newFixture(t *testing.T, flags cmmeta.IssuerReference) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newFixtureWith(t, issuers)
+}
+
+func newFixtureWith(t *testing.T, issuers IssuerSource) *fixture {
+	t.Helper()
 	f := &fixture{cs: fake.NewSimpleClientset()}
 	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
 		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
@@ -85,18 +91,24 @@ var testRequest = Request{VolumeID: "vol-1", Namespace: "team-a", PodName: "app-
 // created waits for the single request the client creates.
 func (f *fixture) created(t *testing.T) *cmapi.CertificateRequest {
 	t.Helper()
+	return f.createdFor(t, func(*cmapi.CertificateRequest) bool { return true })
+}
+
+// createdFor waits until the only request that exists satisfies ok.
+func (f *fixture) createdFor(t *testing.T, ok func(*cmapi.CertificateRequest) bool) *cmapi.CertificateRequest {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		list, err := f.cs.CertmanagerV1().CertificateRequests("team-a").List(f.ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(list.Items) == 1 {
+		if len(list.Items) == 1 && ok(&list.Items[0]) {
 			return &list.Items[0]
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatal("no CertificateRequest created")
+	t.Fatal("no such CertificateRequest alone")
 	return nil
 }
 
@@ -332,5 +344,122 @@ func TestSweepOrphans(t *testing.T) {
 	}
 	if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, "new", metav1.GetOptions{}); err != nil {
 		t.Fatalf("a request of this run was deleted: %v", err)
+	}
+}
+
+// switchable is an issuer source whose switch a test controls: set changes
+// what Current says, wake tells the waiters.
+type switchable struct {
+	mu      sync.Mutex
+	ref     cmmeta.IssuerReference
+	changed chan struct{}
+}
+
+func newSwitchable(ref cmmeta.IssuerReference) *switchable {
+	return &switchable{ref: ref, changed: make(chan struct{})}
+}
+
+func (s *switchable) Current() (cmmeta.IssuerReference, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ref, s.ref.Name != ""
+}
+
+func (s *switchable) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *switchable) set(ref cmmeta.IssuerReference) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ref = ref
+}
+
+func (s *switchable) wake() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+var otherIssuer = cmmeta.IssuerReference{Name: "second-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+
+func issuedBy(ref cmmeta.IssuerReference) func(*cmapi.CertificateRequest) bool {
+	return func(cr *cmapi.CertificateRequest) bool { return cr.Spec.IssuerRef == ref }
+}
+
+// A switch while a request waits deletes it and asks the new issuer.
+func TestSwitchWhileWaitingAsksTheNewIssuer(t *testing.T) {
+	src := newSwitchable(testIssuer)
+	f := newFixtureWith(t, src)
+	ch := f.issueAsync(f.ctx, testRequest)
+	f.createdFor(t, issuedBy(testIssuer))
+
+	src.set(otherIssuer)
+	src.wake()
+	cr := f.createdFor(t, issuedBy(otherIssuer)) // the old one is deleted
+	f.sign(t, cr)
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.res.Request != klog.KRef("team-a", cr.Name) || f.creates.Load() != 2 {
+		t.Fatalf("result from %v after %d creates, want %s after 2", r.res.Request, f.creates.Load(), cr.Name)
+	}
+}
+
+// A change that leaves the issuer as it was (edited back, or to none) keeps
+// the request.
+func TestSwitchBackKeepsTheRequest(t *testing.T) {
+	src := newSwitchable(testIssuer)
+	f := newFixtureWith(t, src)
+	ch := f.issueAsync(f.ctx, testRequest)
+	cr := f.createdFor(t, issuedBy(testIssuer))
+	src.wake()
+	src.set(cmmeta.IssuerReference{})
+	src.wake()
+	src.set(testIssuer)
+	time.Sleep(50 * time.Millisecond)
+	f.sign(t, cr)
+	if r := <-ch; r.err != nil || f.creates.Load() != 1 {
+		t.Fatalf("got %v after %d creates, want the first request issued", r.err, f.creates.Load())
+	}
+}
+
+// A request denied after the driver saw a switch (the approver had seen it
+// first) is not the pod's failure: the new issuer is asked.
+func TestDeniedForTheOldIssuerAsksTheNewOne(t *testing.T) {
+	src := newSwitchable(testIssuer)
+	f := newFixtureWith(t, src)
+	ch := f.issueAsync(f.ctx, testRequest)
+	old := f.createdFor(t, issuedBy(testIssuer))
+	src.set(otherIssuer) // seen, but no wake-up yet: the denial comes first
+	f.setCondition(t, old, cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io", "spec.issuerRef: not the active issuer")
+	cr := f.createdFor(t, issuedBy(otherIssuer))
+	f.sign(t, cr)
+	if r := <-ch; r.err != nil {
+		t.Fatalf("got %v, want the new issuer's certificate", r.err)
+	}
+}
+
+// A pending request left by a timed-out call is replaced, not resumed, when
+// the issuer changed in between.
+func TestPendingForTheOldIssuerIsReplaced(t *testing.T) {
+	src := newSwitchable(testIssuer)
+	f := newFixtureWith(t, src)
+	ctx, cancel := context.WithTimeout(f.ctx, 100*time.Millisecond)
+	_, err := f.client.Issue(ctx, testRequest)
+	cancel()
+	if failure.ReasonOf(err) != failure.Timeout {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+	src.set(otherIssuer)
+	ch := f.issueAsync(f.ctx, testRequest)
+	cr := f.createdFor(t, issuedBy(otherIssuer))
+	f.sign(t, cr)
+	if r := <-ch; r.err != nil || f.creates.Load() != 2 {
+		t.Fatalf("got %v after %d creates, want the new issuer's certificate after 2", r.err, f.creates.Load())
 	}
 }

@@ -17,8 +17,11 @@ import (
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
-// errDeleted is returned by Wait when the request disappeared first.
+// errDeleted is returned by wait when the request disappeared first.
 var errDeleted = errors.New("the CertificateRequest was deleted before it was issued")
+
+// errIssuerChanged is returned by wait when the active issuer changed first.
+var errIssuerChanged = errors.New("the active issuer changed")
 
 // Waiter watches this node's CertificateRequests, and only those (a label
 // selector on driver and node), with one informer, and wakes whoever waits
@@ -125,8 +128,8 @@ func (w *Waiter) cached(namespace, name string) bool {
 }
 
 // wait blocks until the request namespace/name is issued, denied or failed,
-// it is deleted, or ctx is done.
-func (w *Waiter) wait(ctx context.Context, namespace, name string) (*cmapi.CertificateRequest, error) {
+// it is deleted, issuerChanged is closed, or ctx is done.
+func (w *Waiter) wait(ctx context.Context, namespace, name string, issuerChanged <-chan struct{}) (*cmapi.CertificateRequest, error) {
 	key := namespace + "/" + name
 	wt := &waiter{wake: make(chan struct{}, 1)}
 	w.mu.Lock()
@@ -160,6 +163,8 @@ func (w *Waiter) wait(ctx context.Context, namespace, name string) (*cmapi.Certi
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-issuerChanged:
+			return nil, errIssuerChanged
 		case <-wt.wake:
 		}
 	}

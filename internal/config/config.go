@@ -4,6 +4,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -125,6 +126,10 @@ func (s *Shared) Complete() (Parsed, error) {
 	}
 	if s.IssuerName != "" {
 		p.Issuer = cmmeta.IssuerReference{Name: s.IssuerName, Kind: s.IssuerKind, Group: s.IssuerGroup}
+		var bad *issuer.KeyError
+		if err := issuer.Validate(p.Issuer); errors.As(err, &bad) {
+			return Parsed{}, Bad(bad.Key, "%s", bad.Problem)
+		}
 	}
 	return p, nil
 }

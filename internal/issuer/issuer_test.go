@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2/ktesting"
 )
 
@@ -38,13 +39,19 @@ func validData() map[string]string {
 // start runs a Tracker until the test ends and waits for it to sync.
 func start(t *testing.T, flags cmmeta.IssuerReference, withCM bool, objs ...runtime.Object) (*Tracker, *fake.Clientset) {
 	t.Helper()
-	_, ctx := ktesting.NewTestContext(t)
-	ctx, cancel := context.WithCancel(ctx)
 	client := fake.NewClientset(objs...)
 	opts := Options{Flags: flags, Client: client}
 	if withCM {
 		opts.ConfigMap = cmName
 	}
+	return startWith(t, opts), client
+}
+
+// startWith runs a Tracker of opts until the test ends and waits for it to sync.
+func startWith(t *testing.T, opts Options) *Tracker {
+	t.Helper()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
 	tr, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -60,7 +67,7 @@ func start(t *testing.T, flags cmmeta.IssuerReference, withCM bool, objs ...runt
 		func(context.Context) (bool, error) { return tr.HasSynced(), nil }); err != nil {
 		t.Fatalf("tracker did not sync: %v", err)
 	}
-	return tr, client
+	return tr
 }
 
 func wantCurrent(t *testing.T, tr *Tracker, want cmmeta.IssuerReference, wantOK bool) {
@@ -102,7 +109,23 @@ func TestValidConfigMapWithoutFlags(t *testing.T) {
 	wantCurrent(t, tr, cmIssuer, true)
 }
 
-func TestInvalidConfigMapFallsBackToFlags(t *testing.T) {
+// waitInvalid waits until the tracker has seen a ConfigMap whose problem
+// mentions want.
+func waitInvalid(t *testing.T, tr *Tracker, want string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, 5*time.Second, true,
+		func(context.Context) (bool, error) {
+			tr.mu.RLock()
+			defer tr.mu.RUnlock()
+			return strings.Contains(tr.invalid, want), nil
+		})
+	if err != nil {
+		t.Fatalf("the tracker never saw the ConfigMap invalid (%q)", want)
+	}
+}
+
+// At start there is no last valid state: an invalid ConfigMap means the flags.
+func TestInvalidConfigMapAtStartUsesFlags(t *testing.T) {
 	for _, key := range []string{keyName, keyKind, keyGroup} {
 		t.Run("missing "+key, func(t *testing.T) {
 			data := validData()
@@ -136,12 +159,14 @@ func TestConfigMapChangesAtRunTime(t *testing.T) {
 	}
 	wantCurrent(t, tr, cmIssuer, true)
 
+	// An invalid edit keeps the last valid issuer, not the flags'.
 	invalid := configMap(validData())
 	invalid.Data[keyKind] = ""
 	if _, err := cms.Update(t.Context(), invalid, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	wantCurrent(t, tr, flagIssuer, true)
+	waitInvalid(t, tr, "issuer-kind")
+	wantCurrent(t, tr, cmIssuer, true)
 
 	if _, err := cms.Update(t.Context(), configMap(validData()), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -193,5 +218,200 @@ func TestParseConfigMap(t *testing.T) {
 		if got, err := ParseConfigMap(in); err == nil {
 			t.Errorf("ParseConfigMap(%q) = %v, want an error", in, got)
 		}
+	}
+}
+
+func TestInvalidValues(t *testing.T) {
+	for name, c := range map[string]struct{ key, value string }{
+		"name with a slash":    {keyName, "a/b"},
+		"upper-case name":      {keyName, "CA"},
+		"kind with a dot":      {keyKind, "Cluster.Issuer"},
+		"kind from a digit":    {keyKind, "1Issuer"},
+		"kind with a newline":  {keyKind, "Issuer\n"},
+		"group with a space":   {keyGroup, "cert manager.io"},
+		"a very long name":     {keyName, strings.Repeat("a", 300)},
+		"control in the group": {keyGroup, "cert-manager.io\x1b[31m"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			data := validData()
+			data[c.key] = c.value
+			_, err := fromConfigMap(configMap(data))
+			var ke *KeyError
+			if !errors.As(err, &ke) || ke.Key != c.key {
+				t.Fatalf("fromConfigMap = %v, want a KeyError for %s", err, c.key)
+			}
+			if strings.ContainsAny(err.Error(), "\n\x1b") || len(err.Error()) > 400 {
+				t.Errorf("error %q echoes the value raw or unbounded", err)
+			}
+		})
+	}
+	if err := Validate(cmIssuer); err != nil {
+		t.Errorf("Validate(%+v) = %v", cmIssuer, err)
+	}
+}
+
+// An invalid ConfigMap is logged and recorded once per content, on the
+// ConfigMap, and never changes the active issuer.
+func TestInvalidConfigMapRecordedOnce(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset(configMap(validData()))
+	rec := record.NewFakeRecorder(10)
+	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Recorder: rec})
+	wantCurrent(t, tr, cmIssuer, true)
+	cms := client.CoreV1().ConfigMaps(cmName.Namespace)
+
+	bad := configMap(validData())
+	delete(bad.Data, keyGroup)
+	if _, err := cms.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitInvalid(t, tr, keyGroup)
+	// The same problem again (another edit of the ConfigMap): no new Event.
+	bad.Labels = map[string]string{"edited": "again"}
+	if _, err := cms.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Another problem: a second Event.
+	bad.Data[keyKind] = "Not.A.Kind"
+	bad.Data[keyGroup] = "example.io"
+	if _, err := cms.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitInvalid(t, tr, keyKind)
+	wantCurrent(t, tr, cmIssuer, true)
+
+	var events []string
+	timeout := time.After(5 * time.Second)
+	for len(events) < 2 {
+		select {
+		case e := <-rec.Events:
+			events = append(events, e)
+		case <-timeout:
+			t.Fatalf("events = %q, want 2 (one per problem)", events)
+		}
+	}
+	select {
+	case e := <-rec.Events:
+		t.Fatalf("a third event %q, want one per problem", e)
+	case <-time.After(100 * time.Millisecond):
+	}
+	for i, want := range []string{keyGroup, keyKind} {
+		if !strings.HasPrefix(events[i], "Warning "+EventInvalid+" ") || !strings.Contains(events[i], want) ||
+			!strings.Contains(events[i], RefString(cmIssuer)) {
+			t.Errorf("event %d = %q, want a %s Warning naming %s and the issuer kept", i, events[i], EventInvalid, want)
+		}
+	}
+}
+
+func TestChangedIsClosedOnSwitch(t *testing.T) {
+	tr, client := start(t, flagIssuer, true)
+	ch := tr.Changed()
+	select {
+	case <-ch:
+		t.Fatal("Changed closed before any change")
+	default:
+	}
+	if _, err := client.CoreV1().ConfigMaps(cmName.Namespace).Create(t.Context(), configMap(validData()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Changed not closed after the switch")
+	}
+	if ref, _ := tr.Current(); ref != cmIssuer {
+		t.Fatalf("Current = %+v after Changed, want %+v", ref, cmIssuer)
+	}
+	if tr.Changed() == ch {
+		t.Fatal("Changed returned the closed channel again")
+	}
+}
+
+// The issuer active before a switch is accepted only for requests created
+// up to PreviousSkew after it, and only within PreviousWindow.
+func TestPreviousIssuerWindow(t *testing.T) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	client := fake.NewClientset()
+	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Now: clock})
+	wantCurrent(t, tr, flagIssuer, true)
+	if _, ok := tr.Previous(clock()); ok {
+		t.Fatal("Previous before any switch")
+	}
+
+	switched := clock()
+	if _, err := client.CoreV1().ConfigMaps(cmName.Namespace).Create(ctx, configMap(validData()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wantCurrent(t, tr, cmIssuer, true)
+	if ref, ok := tr.Previous(switched.Add(-time.Minute)); !ok || ref != flagIssuer {
+		t.Errorf("Previous(before the switch) = %+v, %v; want the flags' issuer", ref, ok)
+	}
+	if ref, ok := tr.Previous(switched.Add(PreviousSkew)); !ok || ref != flagIssuer {
+		t.Errorf("Previous(within the skew) = %+v, %v; want the flags' issuer", ref, ok)
+	}
+	if _, ok := tr.Previous(switched.Add(PreviousSkew + time.Second)); ok {
+		t.Error("Previous accepted a request made well after the switch")
+	}
+	advance(PreviousWindow + time.Second)
+	if _, ok := tr.Previous(switched); ok {
+		t.Error("Previous accepted the old issuer after the window")
+	}
+}
+
+// Fresh reads the API server, not the cache: here the informer never runs.
+func TestFreshReadsTheAPIServer(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	client := fake.NewClientset()
+	tr, err := New(Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	fresh := func(want cmmeta.IssuerReference) {
+		t.Helper()
+		if got, ok, err := tr.Fresh(ctx); err != nil || !ok || got != want {
+			t.Fatalf("Fresh = %+v, %v, %v; want %+v", got, ok, err, want)
+		}
+	}
+	fresh(flagIssuer) // not found: the flags
+
+	cms := client.CoreV1().ConfigMaps(cmName.Namespace)
+	if _, err := cms.Create(ctx, configMap(validData()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fresh(flagIssuer) // the answer of a second ago
+	advance(freshFor)
+	fresh(cmIssuer)
+	if ref, _ := tr.Current(); ref != flagIssuer {
+		t.Fatalf("Fresh changed Current to %+v", ref)
+	}
+
+	bad := configMap(validData())
+	bad.Data[keyName] = ""
+	if _, err := cms.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	advance(freshFor)
+	// Invalid: no answer to deny on (which issuer each driver uses then
+	// depends on what it saw last).
+	if _, _, err := tr.Fresh(ctx); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), keyName) {
+		t.Fatalf("Fresh = %v, want ErrInvalidConfigMap naming %s", err, keyName)
+	}
+}
+
+// Reading the ConfigMap at start is no switch: the flags' issuer, assumed
+// until then, is not a previous issuer to accept.
+func TestStartIsNoSwitch(t *testing.T) {
+	tr, _ := start(t, flagIssuer, true, configMap(validData()))
+	wantCurrent(t, tr, cmIssuer, true)
+	if ref, ok := tr.Previous(time.Now().Add(-time.Hour)); ok {
+		t.Fatalf("Previous = %+v after start, want none", ref)
 	}
 }

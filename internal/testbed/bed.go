@@ -69,7 +69,9 @@ type Bed struct {
 	webhookCert  string
 	webhookKey   string
 	procs        []*Process
-	apiServer    *Process
+	// certManagerController is the cert-manager controller process.
+	certManagerController *Process
+	apiServer             *Process
 }
 
 // AdminUser is the username of the bed's Admin client.

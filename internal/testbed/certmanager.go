@@ -41,7 +41,7 @@ func (b *Bed) startCertManager(ctx context.Context) error {
 	if err := b.startWebhook(ctx); err != nil {
 		return err
 	}
-	_, err := b.StartProcess("cert-manager-controller", b.Binary("cert-manager-controller"),
+	p, err := b.StartProcess("cert-manager-controller", b.Binary("cert-manager-controller"),
 		"--kubeconfig="+b.AdminKubeconfig,
 		"--cluster-resource-namespace="+CertManagerNamespace,
 		// The issuer loops, and the Certificate loops a cluster's cert-manager
@@ -50,6 +50,7 @@ func (b *Bed) startCertManager(ctx context.Context) error {
 			"certificates-trigger,certificates-issuing,certificates-key-manager,"+
 			"certificates-request-manager,certificates-readiness,certificates-revision-manager",
 		"--v=2")
+	b.certManagerController = p
 	return err
 }
 
@@ -199,21 +200,33 @@ func rule(groups []string, resource string, ops ...admissionv1.OperationType) ad
 	}
 }
 
-// createClusterIssuer makes a self-signed root, stores it as a Secret in
-// cert-manager's namespace and creates a CA ClusterIssuer on it; it returns
-// when cert-manager says the issuer is Ready.
+// createClusterIssuer makes the bed's CA ClusterIssuer (ClusterIssuerName).
 func (b *Bed) createClusterIssuer(ctx context.Context) error {
-	root, err := newAuthority("svid-csi test bed SPIFFE root")
+	caPEM, err := b.CreateCAClusterIssuer(ctx, ClusterIssuerName)
 	if err != nil {
 		return err
 	}
+	b.Issuer, b.IssuerCAPEM = ClusterIssuerName, caPEM
+	return nil
+}
+
+// CreateCAClusterIssuer makes a self-signed root, stores it as a Secret in
+// cert-manager's namespace and creates a CA ClusterIssuer of that name on
+// it; it returns the root (PEM) when cert-manager says the issuer is Ready.
+func (b *Bed) CreateCAClusterIssuer(ctx context.Context, name string) ([]byte, error) {
+	if b.certManagerController == nil {
+		return nil, fmt.Errorf("create ClusterIssuer %s: the bed runs no cert-manager", name)
+	}
+	root, err := newAuthority("svid-csi test bed SPIFFE root " + name)
+	if err != nil {
+		return nil, err
+	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(root.key)
 	if err != nil {
-		return fmt.Errorf("marshal issuer CA key: %w", err)
+		return nil, fmt.Errorf("marshal issuer CA key: %w", err)
 	}
-	b.Issuer, b.IssuerCAPEM = ClusterIssuerName, root.certPEM
 	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: ClusterIssuerName, Namespace: CertManagerNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: CertManagerNamespace},
 		Type:       corev1.SecretTypeTLS,
 		Data: map[string][]byte{
 			corev1.TLSCertKey:       root.certPEM,
@@ -222,19 +235,21 @@ func (b *Bed) createClusterIssuer(ctx context.Context) error {
 		},
 	}
 	if _, err := b.Kube.CoreV1().Secrets(CertManagerNamespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create issuer CA secret: %w", err)
+		return nil, fmt.Errorf("create issuer CA secret: %w", err)
 	}
 	issuer := &cmapi.ClusterIssuer{
-		ObjectMeta: metav1.ObjectMeta{Name: ClusterIssuerName},
-		Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: ClusterIssuerName}}},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: name}}},
 	}
 	if _, err := b.CertManager.CertmanagerV1().ClusterIssuers().Create(ctx, issuer, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create ClusterIssuer %s: %w", ClusterIssuerName, err)
+		return nil, fmt.Errorf("create ClusterIssuer %s: %w", name, err)
 	}
-	controller := b.procs[len(b.procs)-1]
-	return controller.waitFor(ctx, "ClusterIssuer Ready", func(ctx context.Context) error {
-		return b.clusterIssuerReady(ctx, ClusterIssuerName)
-	})
+	if err := b.certManagerController.waitFor(ctx, "ClusterIssuer Ready", func(ctx context.Context) error {
+		return b.clusterIssuerReady(ctx, name)
+	}); err != nil {
+		return nil, err
+	}
+	return root.certPEM, nil
 }
 
 // clusterIssuerReady is nil once cert-manager says the ClusterIssuer is Ready.

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/svid-csi/svid-csi/approver/controller"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -50,7 +51,10 @@ func TestApproveThenIssue(t *testing.T) {
 }
 
 // TestDenyCrafted: crafted requests created as a ServiceAccount (so the
-// webhook's username is real) are denied naming the failed check.
+// webhook's username is real) are denied naming the failed check. One that
+// names an issuer the approver may not approve for is left undecided: the
+// approver's RBAC names its issuers' signers only, and cert-manager refuses
+// any decision from it on another's; an Event says why.
 func TestDenyCrafted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -69,7 +73,6 @@ func TestDenyCrafted(t *testing.T) {
 		{"two URIs", requestOpts{uris: []string{"", ""}}, "URI"},
 		{"isCA", requestOpts{isCA: true}, "isCA"},
 		{"wrong duration", requestOpts{duration: 24 * time.Hour}, "duration"},
-		{"other issuer", requestOpts{issuer: "not-spiffe"}, "issuer"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -86,6 +89,44 @@ func TestDenyCrafted(t *testing.T) {
 			}
 		})
 	}
+	t.Run("other issuer", func(t *testing.T) {
+		foreign := tn.create(t, ctx, tn.request(t, requestOpts{issuer: "not-spiffe"}))
+		t.Cleanup(func() {
+			_ = bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Delete(context.Background(), foreign.Name, metav1.DeleteOptions{})
+		})
+		// Decided after it: the approver has seen the foreign one by then.
+		later := tn.create(t, ctx, tn.request(t, requestOpts{}))
+		if c := decision(ctx, t, tn.ns, later.Name); c.Type != cmapi.CertificateRequestConditionApproved {
+			t.Fatalf("valid request: %s %q", c.Type, c.Message)
+		}
+		time.Sleep(time.Second) // a margin for a decision to land
+		got, err := bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Get(ctx, foreign.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := decided(got); c != nil {
+			t.Fatalf("a request for another issuer was decided (%s: %q)", c.Type, c.Message)
+		}
+		// An Event tells the requester why: the issuer is not this approver's.
+		var ours []string
+		err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+			events, err := bed.Kube.CoreV1().Events(tn.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + foreign.Name})
+			if err != nil {
+				return false, nil
+			}
+			ours = ours[:0]
+			for _, e := range events.Items {
+				if e.Source.Component == "svid-csi-approver" {
+					ours = append(ours, e.Reason+": "+e.Message)
+				}
+			}
+			return len(ours) > 0, nil
+		})
+		if err != nil || len(ours) != 1 || !strings.HasPrefix(ours[0], controller.EventRefused+": ") ||
+			!strings.Contains(ours[0], "clusterissuers.cert-manager.io/not-spiffe, which is not the active SPIFFE issuer") {
+			t.Fatalf("the approver's Events on the foreign request: %q, want one %s naming its issuer", ours, controller.EventRefused)
+		}
+	})
 }
 
 // TestForeignRequestsUntouched: a request without the identity annotation,

@@ -43,7 +43,7 @@ func TestRefusedDecisionIsFinal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no %s Event on the request: %v\n%s", controller.EventRefused, err, p.Tail(4096))
 	}
-	if event.Type != corev1.EventTypeWarning || !strings.Contains(event.Message, "externalissuers.issuers.example.com/*") ||
+	if event.Type != corev1.EventTypeWarning || !strings.Contains(event.Message, "add externalissuers.issuers.example.com/"+tn.ns+".ext to the resourceNames of ClusterRole svid-csi-approver:signers") ||
 		!strings.Contains(event.Message, "denied the request") {
 		t.Errorf("event %s %q", event.Type, event.Message)
 	}

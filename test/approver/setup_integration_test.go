@@ -29,11 +29,13 @@ func TestMain(m *testing.M) {
 
 const approverSA = "svid-csi-approver"
 
-// approverRules are the shipped ClusterRole's, plus leases under the ids the
-// tests choose (the shipped Role allows only the default id).
+// approverRules are the shipped ClusterRoles' (svid-csi-approver, and
+// svid-csi-approver:signers rendered for the bed's ClusterIssuer, as an overlay
+// naming it in config.env renders it), plus leases under the ids the tests
+// choose (the shipped Role allows only the default id).
 func approverRules(t testing.TB) []rbacv1.PolicyRule {
 	t.Helper()
-	rules, err := testbed.ShippedClusterRoleRules("svid-csi-approver")
+	rules, err := testbed.ApproverClusterRoleRules(map[string]string{"ISSUER_NAME": testbed.ClusterIssuerName})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,34 +99,6 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-// expandArgs resolves $(VAR) in a container's args as the kubelet does, from
-// its env (literal values, the rendered ConfigMaps, and the downward API
-// fields the manifests use).
-func expandArgs(t testing.TB, objs []*unstructured.Unstructured, c corev1.Container) []string {
-	t.Helper()
-	env := map[string]string{}
-	for _, e := range c.Env {
-		switch {
-		case e.ValueFrom == nil:
-			env[e.Name] = e.Value
-		case e.ValueFrom.ConfigMapKeyRef != nil:
-			cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", e.ValueFrom.ConfigMapKeyRef.Name))
-			env[e.Name] = cm.Data[e.ValueFrom.ConfigMapKeyRef.Key]
-		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
-			env[e.Name] = namespace
-		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
-			env[e.Name] = "node-1"
-		default:
-			t.Fatalf("%s: env %s: unsupported source %+v", c.Name, e.Name, e.ValueFrom)
-		}
-	}
-	args := make([]string, len(c.Args))
-	for i, a := range c.Args {
-		args[i] = envRef.ReplaceAllStringFunc(a, func(ref string) string { return env[ref[2:len(ref)-1]] })
-	}
-	return args
-}
-
 // The built binaries register every flag the rendered args use, and parse the
 // rendered args (with $(VAR) expanded) without complaint: -version exits 0
 // only after flag.Parse succeeded.
@@ -245,9 +217,9 @@ func TestRBAC(t *testing.T) {
 		{approver, access{verb: "list", group: cm, resource: "certificaterequests"}, true},
 		{approver, access{verb: "watch", group: cm, resource: "certificaterequests"}, true},
 		{approver, access{verb: "update", group: cm, resource: "certificaterequests", subresource: "status", namespace: "app"}, true},
-		// cert-manager asks for the signer's wildcard name as well as its own.
-		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, true},
-		{approver, access{verb: "approve", group: cm, resource: "signers", name: "issuers.cert-manager.io/*"}, true},
+		// cert-manager asks for the signer's wildcard name or its own: the
+		// approver holds only its own issuer's (config.env).
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/svid-csi-ca"}, true},
 		{approver, access{verb: "create", resource: "events", namespace: "app"}, true},
 		{approver, access{verb: "create", group: "events.k8s.io", resource: "events", namespace: "app"}, true},
 		{approver, access{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: namespace}, true},
@@ -263,6 +235,10 @@ func TestRBAC(t *testing.T) {
 		{approver, access{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "cert-manager-controller"}, false},
 		{approver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "other"}, false},
 		{approver, access{verb: "list", resource: "configmaps", namespace: namespace}, false},
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, false},
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "issuers.cert-manager.io/*"}, false},
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/svid-csi-selfsigned"}, false},
+		{approver, access{verb: "approve", group: cm, resource: "signers", name: "issuers.cert-manager.io/cert-manager.svid-csi-ca"}, false},
 
 		{driver, access{verb: "list", group: cm, resource: "certificaterequests"}, true},
 		{driver, access{verb: "watch", group: cm, resource: "certificaterequests"}, true},
@@ -274,6 +250,7 @@ func TestRBAC(t *testing.T) {
 		{driver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, false},
 		{driver, access{verb: "update", group: cm, resource: "certificaterequests", subresource: "status", namespace: "app"}, false},
 		{driver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, false},
+		{driver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/svid-csi-ca"}, false},
 		{driver, access{verb: "get", resource: "secrets", namespace: namespace, name: "svid-csi-ca"}, false},
 		{driver, access{verb: "list", resource: "configmaps", namespace: namespace}, false},
 	}

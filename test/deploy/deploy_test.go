@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -53,6 +54,34 @@ func flagValue(args []string, name string) (string, bool) {
 	return "", false
 }
 
+// expandArgs resolves $(VAR) in a container's args as the kubelet does, from
+// its env (literal values, the rendered ConfigMaps, and the downward API
+// fields the manifests use).
+func expandArgs(t testing.TB, objs []*unstructured.Unstructured, c corev1.Container) []string {
+	t.Helper()
+	env := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			env[e.Name] = e.Value
+		case e.ValueFrom.ConfigMapKeyRef != nil:
+			cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", e.ValueFrom.ConfigMapKeyRef.Name))
+			env[e.Name] = cm.Data[e.ValueFrom.ConfigMapKeyRef.Key]
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
+			env[e.Name] = namespace
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
+			env[e.Name] = "node-1"
+		default:
+			t.Fatalf("%s: env %s: unsupported source %+v", c.Name, e.Name, e.ValueFrom)
+		}
+	}
+	args := make([]string, len(c.Args))
+	for i, a := range c.Args {
+		args[i] = envRef.ReplaceAllStringFunc(a, func(ref string) string { return env[ref[2:len(ref)-1]] })
+	}
+	return args
+}
+
 func TestEveryTarget(t *testing.T) {
 	driverFlags := registeredFlags(t, "driver")
 	approverFlags := registeredFlags(t, "approver")
@@ -67,6 +96,7 @@ func TestEveryTarget(t *testing.T) {
 			t.Run("DaemonSet", func(t *testing.T) { checkDaemonSet(t, ds) })
 			t.Run("Deployment", func(t *testing.T) { checkDeployment(t, dep) })
 			t.Run("runtime issuer", func(t *testing.T) { checkRuntimeIssuer(t, objs, ds, dep) })
+			t.Run("signers", func(t *testing.T) { checkSigners(t, objs) })
 			t.Run("CA bundle", func(t *testing.T) { checkCABundle(t, ds) })
 			t.Run("RBAC subjects", func(t *testing.T) { checkBindings(t, objs) })
 		})
@@ -289,31 +319,152 @@ func checkDeployment(t *testing.T, dep *appsv1.Deployment) {
 	}
 }
 
-// With --runtime-issuance-configmap, the ConfigMap exists under that exact
-// name (no hash), has the three keys, and both ServiceAccounts may read it;
-// both binaries get the same flag.
+// runtimeFlag is the one value of --runtime-issuance-configmap: the workload's
+// namespace and RUNTIME_ISSUANCE_CONFIGMAP of svid-csi-config.
+const runtimeFlag = "$(POD_NAMESPACE)/$(RUNTIME_ISSUANCE_CONFIGMAP)"
+
+// With --runtime-issuance-configmap, both binaries get the same flag, which
+// resolves (through their env) to <namespace>/<RUNTIME_ISSUANCE_CONFIGMAP of
+// the rendered svid-csi-config>; no ConfigMap of that name is rendered (it is
+// the operator's: server-side apply and GitOps self-heal must never touch
+// it); and both ServiceAccounts may get/list/watch that one ConfigMap, and no
+// other.
 func checkRuntimeIssuer(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.DaemonSet, dep *appsv1.Deployment) {
-	dv, dok := flagValue(ds.Spec.Template.Spec.Containers[0].Args, "runtime-issuance-configmap")
-	av, aok := flagValue(dep.Spec.Template.Spec.Containers[0].Args, "runtime-issuance-configmap")
+	dc, ac := ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]
+	dv, dok := flagValue(dc.Args, "runtime-issuance-configmap")
+	av, aok := flagValue(ac.Args, "runtime-issuance-configmap")
 	if dok != aok || dv != av {
 		t.Fatalf("driver has --runtime-issuance-configmap=%q (%v), approver %q (%v): want the same", dv, dok, av, aok)
 	}
 	if !dok {
+		for _, sa := range []string{driverName, approverName} {
+			if names := readableConfigMaps(t, objs, sa); len(names) > 0 {
+				t.Errorf("ServiceAccount %s may read ConfigMaps %v without a runtime issuer", sa, names)
+			}
+		}
 		return
 	}
-	ns, name, ok := strings.Cut(strings.ReplaceAll(dv, "$(POD_NAMESPACE)", namespace), "/")
-	if !ok || ns != namespace {
-		t.Fatalf("--runtime-issuance-configmap=%s: want %s/<name>", dv, namespace)
+	if dv != runtimeFlag {
+		t.Errorf("--runtime-issuance-configmap=%s, want %s (the name is one value in config.env)", dv, runtimeFlag)
 	}
-	cm := convert[corev1.ConfigMap](t, findOne(t, objs, "ConfigMap", name))
-	for _, k := range []string{"issuer-name", "issuer-kind", "issuer-group"} {
-		if cm.Data[k] == "" {
-			t.Errorf("ConfigMap %s: key %q missing or empty", name, k)
+	name := renderedConfig(t, objs)["RUNTIME_ISSUANCE_CONFIGMAP"]
+	if name == "" {
+		t.Fatal("svid-csi-config has no RUNTIME_ISSUANCE_CONFIGMAP")
+	}
+	for _, c := range []corev1.Container{dc, ac} {
+		if got, _ := flagValue(expandArgs(t, objs, c), "runtime-issuance-configmap"); got != namespace+"/"+name {
+			t.Errorf("%s: --runtime-issuance-configmap=%s resolves to %q, want %q", c.Name, dv, got, namespace+"/"+name)
 		}
+	}
+	if isRendered(objs, "ConfigMap", name) {
+		t.Errorf("renders ConfigMap %s: the runtime issuer ConfigMap is the operator's (apply and self-heal would undo its edits, prune would delete it)", name)
 	}
 	for _, sa := range []string{driverName, approverName} {
 		if !roleAllows(t, objs, sa, "configmaps", name, "get", "list", "watch") {
 			t.Errorf("ServiceAccount %s may not get/list/watch ConfigMap %s", sa, name)
+		}
+		if names := readableConfigMaps(t, objs, sa); !slices.Equal(names, []string{name}) {
+			t.Errorf("ServiceAccount %s may read ConfigMaps %v, want exactly [%s]", sa, names, name)
+		}
+	}
+}
+
+// readableConfigMaps returns the ConfigMap names the rendered Roles and
+// ClusterRoles bound to a ServiceAccount grant anything on ("*" for a rule
+// without resourceNames), sorted and without repeats.
+func readableConfigMaps(t *testing.T, objs []*unstructured.Unstructured, sa string) []string {
+	var names []string
+	for _, kind := range []string{"RoleBinding", "ClusterRoleBinding"} {
+		for _, u := range find(objs, kind) {
+			rb := convert[rbacv1.ClusterRoleBinding](t, u) // same shape as RoleBinding
+			bound := false
+			for _, s := range rb.Subjects {
+				bound = bound || (s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == namespace)
+			}
+			if !bound || !isRendered(objs, rb.RoleRef.Kind, rb.RoleRef.Name) {
+				continue
+			}
+			role := convert[rbacv1.ClusterRole](t, findOne(t, objs, rb.RoleRef.Kind, rb.RoleRef.Name)) // same shape as Role
+			for _, r := range role.Rules {
+				if !(contains(r.APIGroups, "") || contains(r.APIGroups, "*")) || !(contains(r.Resources, "configmaps") || contains(r.Resources, "*")) {
+					continue
+				}
+				if len(r.ResourceNames) == 0 {
+					names = append(names, "*")
+				}
+				names = append(names, r.ResourceNames...)
+			}
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// renderedConfig returns the data of the rendered svid-csi-config (its name
+// carries a hash).
+func renderedConfig(t testing.TB, objs []*unstructured.Unstructured) map[string]string {
+	t.Helper()
+	var found *corev1.ConfigMap
+	for _, u := range find(objs, "ConfigMap") {
+		if strings.HasPrefix(u.GetName(), "svid-csi-config-") {
+			if found != nil {
+				t.Fatalf("two svid-csi-config ConfigMaps rendered: %s and %s", found.Name, u.GetName())
+			}
+			found = convert[corev1.ConfigMap](t, u)
+		}
+	}
+	if found == nil {
+		t.Fatal("no svid-csi-config ConfigMap rendered")
+	}
+	return found.Data
+}
+
+const signersRole = "svid-csi-approver:signers"
+
+// The approver may approve exactly one signer, the configured issuer's:
+// ISSUER_RESOURCE/ISSUER_NAME of the rendered svid-csi-config, in the
+// ClusterRole svid-csi-approver:signers bound to it, one rule with no
+// wildcard; no other rendered role grants anything on signers, or approve.
+func checkSigners(t *testing.T, objs []*unstructured.Unstructured) {
+	cfg := renderedConfig(t, objs)
+	want := cfg["ISSUER_RESOURCE"] + "/" + cfg["ISSUER_NAME"]
+	role := convert[rbacv1.ClusterRole](t, findOne(t, objs, "ClusterRole", signersRole))
+	if len(role.Rules) != 1 {
+		t.Fatalf("ClusterRole %s has %d rules, want exactly 1: %+v", signersRole, len(role.Rules), role.Rules)
+	}
+	r := role.Rules[0]
+	for _, list := range [][]string{r.APIGroups, r.Resources, r.Verbs, r.ResourceNames, r.NonResourceURLs} {
+		for _, v := range list {
+			if strings.Contains(v, "*") {
+				t.Errorf("ClusterRole %s: %q: no wildcard may appear in the signers rule", signersRole, v)
+			}
+		}
+	}
+	if !slices.Equal(r.APIGroups, []string{"cert-manager.io"}) || !slices.Equal(r.Resources, []string{"signers"}) ||
+		!slices.Equal(r.Verbs, []string{"approve"}) || len(r.NonResourceURLs) != 0 {
+		t.Errorf("ClusterRole %s: rule %+v, want approve on cert-manager.io signers only", signersRole, r)
+	}
+	if !slices.Equal(r.ResourceNames, []string{want}) {
+		t.Errorf("ClusterRole %s: resourceNames %v, want [%s] (ISSUER_RESOURCE/ISSUER_NAME of svid-csi-config; an overlay that merges its own config needs overlays/components/config-rbac)",
+			signersRole, r.ResourceNames, want)
+	}
+	crb := convert[rbacv1.ClusterRoleBinding](t, findOne(t, objs, "ClusterRoleBinding", signersRole))
+	if crb.RoleRef.Kind != "ClusterRole" || crb.RoleRef.Name != signersRole || len(crb.Subjects) != 1 ||
+		crb.Subjects[0].Kind != "ServiceAccount" || crb.Subjects[0].Name != approverName || crb.Subjects[0].Namespace != namespace {
+		t.Errorf("ClusterRoleBinding %s: %+v to %+v, want ClusterRole %s to ServiceAccount %s/%s only",
+			signersRole, crb.RoleRef, crb.Subjects, signersRole, namespace, approverName)
+	}
+	for _, kind := range []string{"ClusterRole", "Role"} {
+		for _, u := range find(objs, kind) {
+			if kind == "ClusterRole" && u.GetName() == signersRole {
+				continue
+			}
+			other := convert[rbacv1.ClusterRole](t, u) // same shape as Role
+			for _, r := range other.Rules {
+				if contains(r.Resources, "signers") || contains(r.Resources, "*") || contains(r.Verbs, "approve") || contains(r.Verbs, "*") {
+					t.Errorf("%s %s: rule %+v: only %s may grant on signers, and no role a wildcard", kind, other.Name, r, signersRole)
+				}
+			}
 		}
 	}
 }

@@ -48,6 +48,19 @@ func serviceAccountKubeconfig(t testing.TB, name string) string {
 		return k
 	}
 	rules, err := testbed.ShippedClusterRoleRules(name)
+	if name == testbed.ApproverName {
+		// Both approver ClusterRoles, the signers one rendered for the bed's
+		// issuer, plus the issuers a runtime switch goes to, as the documented
+		// overlay patch adds them.
+		rules, err = testbed.ApproverClusterRoleRules(map[string]string{"ISSUER_NAME": testbed.ClusterIssuerName})
+		for i, r := range rules {
+			if len(r.Resources) == 1 && r.Resources[0] == "signers" {
+				for _, ci := range runtimeIssuers {
+					rules[i].ResourceNames = append(rules[i].ResourceNames, "clusterissuers.cert-manager.io/"+ci)
+				}
+			}
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +94,7 @@ type node struct {
 	metrics    string
 	args       []string
 	driver     *testbed.Process
+	approver   *testbed.Process
 	kubelet    *testbed.Kubelet
 }
 
@@ -92,6 +106,11 @@ type nodeOpts struct {
 	kubeconfig string
 	// caBundle is the driver's --source-ca-bundle (default: none).
 	caBundle string
+	// runtimeConfigMap names a runtime issuance ConfigMap in cert-manager's
+	// namespace that both the driver and the approver follow, and may read.
+	runtimeConfigMap string
+	// noFlagsIssuer leaves out --issuer-name: no issuer but the ConfigMap's.
+	noFlagsIssuer bool
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -133,18 +152,32 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	}
 	ports := freePorts(t, 3)
 	dur := o.duration.String()
-	approver, err := bed.StartProcess(name+"-approver", bed.Binary("svid-csi-approver"),
-		"--kubeconfig="+serviceAccountKubeconfig(t, "svid-csi-approver"),
-		"--driver-name="+n.driverName, "--trust-domain=cluster.local",
-		"--certificate-request-duration="+dur,
-		"--issuer-name="+testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer",
+	var shared []string // the issuer flags both binaries get
+	if !o.noFlagsIssuer {
+		shared = append(shared, "--issuer-name="+testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer")
+	}
+	if o.runtimeConfigMap != "" {
+		shared = append(shared, "--runtime-issuance-configmap="+testbed.CertManagerNamespace+"/"+o.runtimeConfigMap)
+		read := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
+			ResourceNames: []string{o.runtimeConfigMap}, Verbs: []string{"get", "list", "watch"}}}
+		for _, sa := range []string{"svid-csi-driver", testbed.ApproverName} {
+			if err := bed.Grant(ctx, testbed.CertManagerNamespace, o.runtimeConfigMap+"-"+sa, testbed.CertManagerNamespace, sa, read); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	approver, err := bed.StartProcess(name+"-approver", bed.Binary("svid-csi-approver"), append([]string{
+		"--kubeconfig=" + serviceAccountKubeconfig(t, testbed.ApproverName),
+		"--driver-name=" + n.driverName, "--trust-domain=cluster.local",
+		"--certificate-request-duration=" + dur,
 		"--leader-election=false",
-		"--health-address=127.0.0.1:"+strconv.Itoa(ports[0]), "--metrics-address=",
-		"--v=2")
+		"--health-address=127.0.0.1:" + strconv.Itoa(ports[0]), "--metrics-address=",
+		"--v=2"}, shared...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { approver.Stop(syscall.SIGTERM, 10*time.Second) })
+	n.approver = approver
 
 	n.metrics = "127.0.0.1:" + strconv.Itoa(ports[1])
 	n.args = []string{
@@ -154,11 +187,11 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 		"--data-root=" + n.dataRoot, "--kubelet-root-dir=" + n.kubeletDir,
 		"--trust-domain=" + o.driverTD,
 		"--certificate-request-duration=" + dur,
-		"--issuer-name=" + testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer",
 		"--metrics-address=" + n.metrics,
 		"--health-address=127.0.0.1:" + strconv.Itoa(ports[2]),
 		"--v=4",
 	}
+	n.args = append(n.args, shared...)
 	if o.caBundle != "" {
 		n.args = append(n.args, "--source-ca-bundle="+o.caBundle)
 	}

@@ -1,0 +1,252 @@
+//go:build integration
+
+package driver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/testbed"
+)
+
+// The ClusterIssuers a runtime switch goes to; the approver's signers rule
+// lists them (setup), as the documented overlay patch would.
+const (
+	secondIssuer  = "runtime-second-ca"
+	stalledIssuer = "runtime-stalled-ca" // its CA Secret does not exist: it never signs
+)
+
+var runtimeIssuers = []string{secondIssuer, stalledIssuer}
+
+// runtimeConfigMap plays the operator on the runtime issuance ConfigMap: it
+// creates or updates it with data, or deletes it when data is nil.
+func runtimeConfigMap(t *testing.T, ctx context.Context, name string, data map[string]string) {
+	t.Helper()
+	cms := bed.Kube.CoreV1().ConfigMaps(testbed.CertManagerNamespace)
+	if data == nil {
+		if err := cms.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		return
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testbed.CertManagerNamespace}, Data: data}
+	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func clusterIssuer(name string) map[string]string {
+	return map[string]string{"issuer-name": name, "issuer-kind": "ClusterIssuer", "issuer-group": "cert-manager.io"}
+}
+
+// publishChainsTo publishes a new pod and checks its certificate chains to
+// caPEM, then unpublishes it.
+func (n *node) publishChainsTo(t *testing.T, ctx context.Context, ns, name string, caPEM []byte) {
+	t.Helper()
+	v := n.pod(t, ns, name, nil, nil)
+	if err := n.kubelet.Publish(ctx, v); err != nil {
+		t.Fatalf("publish %s: %v", name, err)
+	}
+	chain, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.VerifySVIDTo(caPEM, chain, "spiffe://cluster.local/ns/"+ns+"/sa/app"); err != nil {
+		t.Fatalf("pod %s: %v", name, err)
+	}
+	if err := n.kubelet.Unpublish(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The reference's runtime issuer scenarios, against the real approver and
+// cert-manager: no ConfigMap means the flags' issuer; a ConfigMap naming a
+// second CA makes new pods' certificates chain to it; updating it switches
+// again; an invalid one changes nothing (and the approver records an Event
+// on it); deleting it reverts to the flags.
+func TestRuntimeIssuer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	secondCA := ensureSecondIssuer(t, ctx)
+	const cm = "runtime-issuer"
+	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	n := startNode(t, "runtime", nodeOpts{runtimeConfigMap: cm})
+	ns := newTenant(t, "runtime")
+
+	n.publishChainsTo(t, ctx, ns, "flags", bed.IssuerCAPEM)
+
+	// The driver's watch is waited for, the approver's is not: a request for
+	// the new issuer that reaches the approver first is still approved.
+	switchTo := func(data map[string]string, want string) {
+		t.Helper()
+		at := n.logSize()
+		runtimeConfigMap(t, ctx, cm, data)
+		n.waitLogLine(at, "Active issuer changed", want)
+	}
+	switchTo(clusterIssuer(secondIssuer), secondIssuer)
+	n.publishChainsTo(t, ctx, ns, "second", secondCA)
+
+	switchTo(clusterIssuer(testbed.ClusterIssuerName), testbed.ClusterIssuerName)
+	n.publishChainsTo(t, ctx, ns, "updated", bed.IssuerCAPEM)
+
+	switchTo(clusterIssuer(secondIssuer), secondIssuer)
+	at := n.logSize()
+	invalid := clusterIssuer(secondIssuer)
+	delete(invalid, "issuer-group")
+	runtimeConfigMap(t, ctx, cm, invalid)
+	n.waitLogLine(at, "Runtime issuance ConfigMap is invalid", "issuer-group")
+	n.publishChainsTo(t, ctx, ns, "invalid", secondCA) // the last valid issuer stays
+	waitConfigMapEvent(t, ctx, cm, issuer.EventInvalid, "issuer-group")
+
+	switchTo(nil, testbed.ClusterIssuerName)
+	n.publishChainsTo(t, ctx, ns, "deleted", bed.IssuerCAPEM)
+	noDenials(t, ctx, ns)
+}
+
+// A request waiting on an issuer that never signs is replaced by one for
+// the new issuer when the ConfigMap switches: the pod's publish succeeds,
+// nothing is denied, and no request is left.
+func TestRuntimeIssuerSwitchRetriesInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	secondCA := ensureSecondIssuer(t, ctx)
+	stalled := &cmapi.ClusterIssuer{
+		ObjectMeta: metav1.ObjectMeta{Name: stalledIssuer},
+		Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: "no-such-secret"}}},
+	}
+	if _, err := bed.CertManager.CertmanagerV1().ClusterIssuers().Create(ctx, stalled, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	const cm = "runtime-issuer-inflight"
+	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	runtimeConfigMap(t, ctx, cm, clusterIssuer(stalledIssuer))
+	n := startNode(t, "inflight", nodeOpts{runtimeConfigMap: cm})
+	ns := newTenant(t, "inflight")
+
+	v := n.pod(t, ns, "web", nil, nil)
+	done := make(chan error, 1)
+	go func() { done <- n.kubelet.Publish(ctx, v) }()
+	// Approved, and waiting on an issuer that cannot sign.
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).List(ctx, metav1.ListOptions{})
+		if err != nil || len(l.Items) != 1 {
+			return false, err
+		}
+		cr := &l.Items[0]
+		c := testbed.Decided(cr)
+		return cr.Spec.IssuerRef.Name == stalledIssuer && c != nil && c.Type == cmapi.CertificateRequestConditionApproved, nil
+	})
+	if err != nil {
+		t.Fatalf("no approved request waiting on %s: %v", stalledIssuer, err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("publish returned before the switch: %v", err)
+	default:
+	}
+
+	runtimeConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
+	if err := <-done; err != nil {
+		t.Fatalf("publish after the switch: %v", err)
+	}
+	chain, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.VerifySVIDTo(secondCA, chain, "spiffe://cluster.local/ns/"+ns+"/sa/app"); err != nil {
+		t.Fatal(err)
+	}
+	waitNoRequests(t, ns)
+	noDenials(t, ctx, ns)
+	if err := n.kubelet.Unpublish(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// No issuer in flags and no ConfigMap: publish fails with the message that
+// says how to configure one.
+func TestNoIssuerSaysHowToConfigure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := startNode(t, "noissuer", nodeOpts{runtimeConfigMap: "runtime-issuer-none", noFlagsIssuer: true})
+	ns := newTenant(t, "noissuer")
+	v := n.pod(t, ns, "web", nil, nil)
+	err := n.kubelet.Publish(ctx, v)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), issuer.ErrNoIssuer.Error()) {
+		t.Fatalf("publish = %v, want FailedPrecondition with %q", err, issuer.ErrNoIssuer)
+	}
+	if requestsIn(t, ns) != 0 {
+		t.Fatal("a request was created without an issuer")
+	}
+	assertNoState(t, n, v.VolumeID)
+}
+
+// ensureSecondIssuer creates the second CA issuer once per bed.
+var secondCAPEM []byte
+
+func ensureSecondIssuer(t *testing.T, ctx context.Context) []byte {
+	t.Helper()
+	if secondCAPEM == nil {
+		ca, err := bed.CreateCAClusterIssuer(ctx, secondIssuer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secondCAPEM = ca
+	}
+	return secondCAPEM
+}
+
+// waitConfigMapEvent waits for a Warning Event of the reason on the runtime
+// ConfigMap whose message mentions want.
+func waitConfigMapEvent(t *testing.T, ctx context.Context, cm, reason, want string) {
+	t.Helper()
+	var seen []string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		l, err := bed.Kube.CoreV1().Events(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + cm})
+		if err != nil {
+			return false, err
+		}
+		seen = seen[:0]
+		for _, e := range l.Items {
+			seen = append(seen, e.Reason+": "+e.Message)
+			if e.Reason == reason && e.Type == corev1.EventTypeWarning && e.InvolvedObject.Kind == "ConfigMap" && strings.Contains(e.Message, want) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no %s Event on ConfigMap %s mentioning %q (events: %q)", reason, cm, want, seen)
+	}
+}
+
+// noDenials fails if any request in the namespace was denied.
+func noDenials(t *testing.T, ctx context.Context, ns string) {
+	t.Helper()
+	l, err := bed.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=Denied"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range l.Items {
+		t.Errorf("denied: %s %s", e.InvolvedObject.Name, e.Message)
+	}
+}
