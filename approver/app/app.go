@@ -13,13 +13,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/approver/controller"
 	"github.com/svid-csi/svid-csi/approver/metrics"
+	"github.com/svid-csi/svid-csi/approver/signer"
 	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/run"
 )
@@ -98,6 +101,13 @@ func Run(ctx context.Context, cfg Completed) error {
 	g.Go("health server", health)
 	g.Go("metrics server", metricsServer)
 	g.Go("issuer tracker", tracker.Run)
+	g.Go("signer check", func(ctx context.Context) error {
+		return signer.Run(ctx, signer.Options{
+			Client: kube,
+			Mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kube.Discovery())),
+			Issuer: tracker, Report: m.SignerApprovable,
+		})
+	})
 	workersStopped := make(chan struct{})
 	g.Go("informers", func(ctx context.Context) error {
 		factory.StartWithContext(ctx)

@@ -25,6 +25,7 @@ type Metrics struct {
 	refused   *prometheus.CounterVec
 	latency   prometheus.Histogram
 	leader    prometheus.Gauge
+	signer    *prometheus.GaugeVec
 }
 
 // New registers the approver's decision and leader metrics, plus the Go and
@@ -50,8 +51,12 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "svid_csi_approver_leader",
 			Help: "1 while this replica holds the leader lease and runs workers, else 0.",
 		}),
+		signer: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "svid_csi_approver_signer_approvable",
+			Help: "1 when RBAC lets the approver approve the active issuer's signer (as cert-manager's webhook asks), 0 when cert-manager would refuse every decision; absent until checked, and for a namespaced issuer kind.",
+		}, []string{"signer"}),
 	}
-	reg.MustRegister(m.decisions, m.refused, m.latency, m.leader,
+	reg.MustRegister(m.decisions, m.refused, m.latency, m.leader, m.signer,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -103,6 +108,28 @@ func (m *Metrics) SetLeader(leading bool) {
 		v = 1
 	}
 	m.leader.Set(v)
+}
+
+// SignerApprovable records whether the active issuer's signer may be
+// approved; with known false (no answer) the series is dropped.
+func (m *Metrics) SignerApprovable(signer string, allowed, known bool) {
+	if m == nil {
+		return
+	}
+	m.signer.Reset() // one series: the active issuer's
+	if !known {
+		return
+	}
+	v := 0.0
+	if allowed {
+		v = 1
+	}
+	m.signer.WithLabelValues(signer).Set(v)
+}
+
+// SignerGauge exposes the signer series, for tests.
+func (m *Metrics) SignerGauge(signer string) prometheus.Gauge {
+	return m.signer.WithLabelValues(signer)
 }
 
 // DecisionsCounter returns the decisions counter for one result and check, for tests.

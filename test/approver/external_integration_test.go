@@ -156,6 +156,16 @@ func TestExternalIssuerApproved(t *testing.T) {
 		t.Fatalf("the approver may approve %s before the binding (%v, %v): the proof below needs it not to", extSigner, ok, err)
 	}
 
+	// The approver says so itself at start, before any request: it asked
+	// the API server (discovery for the kind's plural, then an access review).
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return strings.Contains(p.Tail(1<<20), `"The approver may not approve for the active issuer`) &&
+			strings.Contains(p.Tail(1<<20), `signer="`+extSigner+`"`), nil
+	})
+	if err != nil {
+		t.Fatalf("no start-up line saying the approver may not approve %s:\n%s", extSigner, p.Tail(4096))
+	}
+
 	// Without the binding: the approver approves, cert-manager refuses.
 	first := tn.create(t, ctx, tn.request(t, opts))
 	var refusal []corev1.Event

@@ -4,9 +4,11 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,4 +251,84 @@ func noDenials(t *testing.T, ctx context.Context, ns string) {
 	for _, e := range l.Items {
 		t.Errorf("denied: %s %s", e.InvolvedObject.Name, e.Message)
 	}
+}
+
+// Issuer switches mid-traffic deny nothing: pods are published without a
+// pause by several workers while the runtime ConfigMap flips between two CA
+// issuers. The driver and the approver watch the ConfigMap separately, so
+// either sees a switch first: every publish must still succeed, with a
+// certificate from one of the two CAs, and no request may be denied.
+func TestIssuerSwitchMidTraffic(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	secondCA := ensureSecondIssuer(t, ctx)
+	const cm = "runtime-issuer-traffic"
+	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	n := startNode(t, "traffic", nodeOpts{runtimeConfigMap: cm})
+	ns := newTenant(t, "traffic")
+	either := append(append([]byte{}, bed.IssuerCAPEM...), secondCA...)
+
+	stop := make(chan struct{})
+	var (
+		mu        sync.Mutex
+		published int
+		failures  []string
+		wg        sync.WaitGroup
+	)
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		failures = append(failures, fmt.Sprintf(format, args...))
+	}
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				v := n.pod(t, ns, fmt.Sprintf("w%d-%d", w, i), nil, nil)
+				if err := n.kubelet.Publish(ctx, v); err != nil {
+					fail("publish %s: %v", v.Pod.Name, err)
+					return
+				}
+				chain, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
+				if err == nil {
+					_, err = testbed.VerifySVIDTo(either, chain, "spiffe://cluster.local/ns/"+ns+"/sa/app")
+				}
+				if err != nil {
+					fail("pod %s: %v", v.Pod.Name, err)
+				}
+				if err := n.kubelet.DeletePod(ctx, v); err != nil {
+					fail("delete %s: %v", v.Pod.Name, err)
+					return
+				}
+				mu.Lock()
+				published++
+				mu.Unlock()
+			}
+		})
+	}
+	const switches = 12
+	for i := range switches {
+		time.Sleep(400 * time.Millisecond)
+		to := secondIssuer
+		if i%2 == 1 {
+			to = testbed.ClusterIssuerName
+		}
+		runtimeConfigMap(t, ctx, cm, clusterIssuer(to))
+	}
+	time.Sleep(400 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	for _, f := range failures {
+		t.Error(f)
+	}
+	t.Logf("%d pods published across %d issuer switches", published, switches)
+	if published < switches {
+		t.Errorf("only %d publishes during %d switches: not traffic", published, switches)
+	}
+	noDenials(t, ctx, ns)
+	waitNoRequests(t, ns)
 }

@@ -1,0 +1,145 @@
+// Package signer checks that the approver may approve the active issuer's
+// signer, as cert-manager's webhook will ask: the approve verb on the
+// cert-manager.io resource signers named <resource>.<group>/<name>. It asks
+// the API server with a SelfSubjectAccessReview when the active issuer
+// changes and every few minutes, so a missing RBAC rule (an issuer changed in
+// config.env without overlays/components/config-rbac, a runtime switch to an
+// issuer not listed in ClusterRole svid-csi-approver:signers) is reported
+// before the first decision is refused.
+package signer
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// Source tells the active issuer and when it changes (internal/issuer.Tracker).
+type Source interface {
+	Current() (cmmeta.IssuerReference, bool)
+	Changed() <-chan struct{}
+	HasSynced() bool
+}
+
+// Options configure Run.
+type Options struct {
+	// Client asks SelfSubjectAccessReviews.
+	Client kubernetes.Interface
+	// Mapper maps the issuer's kind to its resource and scope (discovery).
+	Mapper meta.RESTMapper
+	Issuer Source
+	// Report is told the outcome of each check: the signer and whether it
+	// may be approved; known is false when no answer could be had (a
+	// namespaced kind, whose signer names a namespace per request).
+	Report func(signer string, allowed, known bool)
+	// Every is the time between checks of an unchanged issuer; default 5m.
+	Every time.Duration
+}
+
+// checkTimeout bounds one check's API calls.
+const checkTimeout = 10 * time.Second
+
+// Outcome is what one check found.
+type Outcome struct {
+	Signer  string
+	Allowed bool
+	Known   bool   // false: no answer (see Options.Report)
+	Why     string // for the log
+}
+
+// Run checks the active issuer's signer until ctx is done. Each outcome that
+// differs from the last is logged: an error line when cert-manager would
+// refuse every decision.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Every <= 0 {
+		opts.Every = 5 * time.Minute
+	}
+	logger := klog.FromContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), opts.Issuer.HasSynced) {
+		return nil
+	}
+	var last Outcome
+	for {
+		changed := opts.Issuer.Changed()
+		if ref, ok := opts.Issuer.Current(); ok {
+			out, err := Check(ctx, opts.Client, opts.Mapper, ref)
+			switch {
+			case err != nil:
+				logger.V(2).Info("Could not check the approver's permission on the active issuer's signer; trying again later", "err", err)
+			case out != last:
+				last = out
+				if opts.Report != nil {
+					opts.Report(out.Signer, out.Allowed, out.Known)
+				}
+				switch {
+				case !out.Known:
+					logger.Info("The approver's permission on the active issuer's signer is checked by cert-manager per request", "signer", out.Signer, "why", out.Why)
+				case out.Allowed:
+					logger.Info("The approver may approve for the active issuer", "signer", out.Signer)
+				default:
+					logger.Error(nil, "The approver may not approve for the active issuer: cert-manager will refuse every decision; "+
+						"add the signer to the resourceNames of ClusterRole svid-csi-approver:signers", "signer", out.Signer, "why", out.Why)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-time.After(opts.Every):
+		}
+	}
+}
+
+// Check asks whether this client may approve ref's signer. An issuer kind
+// the API server does not serve can never be approved (cert-manager: "signer
+// resource does not exist"). An error means no answer (API unreachable).
+func Check(ctx context.Context, client kubernetes.Interface, mapper meta.RESTMapper, ref cmmeta.IssuerReference) (Outcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	gk := schema.GroupKind{Group: ref.Group, Kind: ref.Kind}
+	mapping, err := mapper.RESTMapping(gk)
+	switch {
+	case meta.IsNoMatchError(err):
+		return Outcome{Signer: guess(ref), Known: true,
+			Why: fmt.Sprintf("the API server serves no kind %s in group %s", ref.Kind, ref.Group)}, nil
+	case err != nil:
+		return Outcome{}, fmt.Errorf("map kind %s: %w", gk, err)
+	}
+	resource := mapping.Resource.Resource + "." + ref.Group
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		return Outcome{Signer: resource + "/<namespace>." + ref.Name,
+			Why: "a namespaced issuer's signer names the namespace of each request"}, nil
+	}
+	signer := resource + "/" + ref.Name
+	review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+		ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Group: "cert-manager.io", Resource: "signers", Verb: "approve", Name: signer,
+		},
+	}}
+	got, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+	if err != nil {
+		return Outcome{}, fmt.Errorf("ask whether the approver may approve %s: %w", signer, err)
+	}
+	out := Outcome{Signer: signer, Allowed: got.Status.Allowed, Known: true}
+	if !out.Allowed {
+		out.Why = "RBAC does not grant approve on signers " + signer
+	}
+	return out, nil
+}
+
+// guess is the signer name of a kind the API server does not know, for the
+// message only: the lower-cased kind plus "s".
+func guess(ref cmmeta.IssuerReference) string {
+	return strings.ToLower(ref.Kind) + "s." + ref.Group + "/" + ref.Name
+}

@@ -1,0 +1,174 @@
+package signer
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2/ktesting"
+)
+
+var (
+	clusterIssuer = cmmeta.IssuerReference{Name: "spiffe-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+	stepIssuer    = cmmeta.IssuerReference{Name: "step-ca", Kind: "StepClusterIssuer", Group: "certmanager.step.sm"}
+	nsIssuer      = cmmeta.IssuerReference{Name: "team-ca", Kind: "Issuer", Group: "cert-manager.io"}
+)
+
+func mapper() meta.RESTMapper {
+	m := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Group: "cert-manager.io", Version: "v1"}, {Group: "certmanager.step.sm", Version: "v1beta1"}})
+	m.Add(schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "ClusterIssuer"}, meta.RESTScopeRoot)
+	m.Add(schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Issuer"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "certmanager.step.sm", Version: "v1beta1", Kind: "StepClusterIssuer"}, meta.RESTScopeRoot)
+	return m
+}
+
+// client answers SelfSubjectAccessReviews: allowed for the signers given,
+// and records what was asked.
+func client(allowed ...string) (*kubefake.Clientset, *[]authorizationv1.ResourceAttributes) {
+	cs := kubefake.NewClientset()
+	var mu sync.Mutex
+	var asked []authorizationv1.ResourceAttributes
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
+		mu.Lock()
+		asked = append(asked, *r.Spec.ResourceAttributes)
+		mu.Unlock()
+		for _, s := range allowed {
+			if r.Spec.ResourceAttributes.Name == s {
+				r.Status.Allowed = true
+			}
+		}
+		return true, r, nil
+	})
+	return cs, &asked
+}
+
+func TestCheck(t *testing.T) {
+	for name, tc := range map[string]struct {
+		ref     cmmeta.IssuerReference
+		allowed []string
+		want    Outcome
+		asks    int
+	}{
+		"allowed": {clusterIssuer, []string{"clusterissuers.cert-manager.io/spiffe-ca"},
+			Outcome{Signer: "clusterissuers.cert-manager.io/spiffe-ca", Allowed: true, Known: true}, 1},
+		"not granted": {clusterIssuer, []string{"clusterissuers.cert-manager.io/other"},
+			Outcome{Signer: "clusterissuers.cert-manager.io/spiffe-ca", Known: true, Why: "RBAC does not grant approve on signers clusterissuers.cert-manager.io/spiffe-ca"}, 1},
+		"an external issuer's plural from discovery": {stepIssuer, []string{"stepclusterissuers.certmanager.step.sm/step-ca"},
+			Outcome{Signer: "stepclusterissuers.certmanager.step.sm/step-ca", Allowed: true, Known: true}, 1},
+		"a kind nobody serves": {cmmeta.IssuerReference{Name: "x", Kind: "AWSPCAClusterIssuer", Group: "awspca.cert-manager.io"}, nil,
+			Outcome{Signer: "awspcaclusterissuers.awspca.cert-manager.io/x", Known: true,
+				Why: "the API server serves no kind AWSPCAClusterIssuer in group awspca.cert-manager.io"}, 0},
+		"namespaced: no answer": {nsIssuer, nil,
+			Outcome{Signer: "issuers.cert-manager.io/<namespace>.team-ca", Why: "a namespaced issuer's signer names the namespace of each request"}, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cs, asked := client(tc.allowed...)
+			got, err := Check(t.Context(), cs, mapper(), tc.ref)
+			if err != nil || got != tc.want {
+				t.Fatalf("Check = %+v, %v; want %+v", got, err, tc.want)
+			}
+			if len(*asked) != tc.asks {
+				t.Fatalf("%d reviews asked, want %d", len(*asked), tc.asks)
+			}
+			for _, a := range *asked {
+				if a.Group != "cert-manager.io" || a.Resource != "signers" || a.Verb != "approve" || a.Name != tc.want.Signer {
+					t.Errorf("asked %+v", a)
+				}
+			}
+		})
+	}
+}
+
+func TestCheckAPIErrorIsNoAnswer(t *testing.T) {
+	cs := kubefake.NewClientset()
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	if _, err := Check(t.Context(), cs, mapper(), clusterIssuer); err == nil {
+		t.Fatal("Check = nil error, want the API error")
+	}
+}
+
+// source is an issuer source a test switches.
+type source struct {
+	mu      sync.Mutex
+	ref     cmmeta.IssuerReference
+	changed chan struct{}
+}
+
+func (s *source) Current() (cmmeta.IssuerReference, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ref, s.ref.Name != ""
+}
+
+func (s *source) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *source) HasSynced() bool { return true }
+
+func (s *source) set(ref cmmeta.IssuerReference) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ref = ref
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+type report struct {
+	signer         string
+	allowed, known bool
+}
+
+// Run checks again when the issuer changes, and reports only changes.
+func TestRunFollowsTheIssuer(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	cs, _ := client("clusterissuers.cert-manager.io/spiffe-ca")
+	src := &source{ref: clusterIssuer, changed: make(chan struct{})}
+	reports := make(chan report, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{Client: cs, Mapper: mapper(), Issuer: src, Every: 10 * time.Millisecond,
+			Report: func(s string, allowed, known bool) { reports <- report{s, allowed, known} }})
+	}()
+	next := func(want report) {
+		t.Helper()
+		select {
+		case got := <-reports:
+			if got != want {
+				t.Fatalf("report %+v, want %+v", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no report, want %+v", want)
+		}
+	}
+	next(report{"clusterissuers.cert-manager.io/spiffe-ca", true, true})
+	time.Sleep(50 * time.Millisecond) // several periodic checks: the same outcome, no report
+	src.set(stepIssuer)
+	next(report{"stepclusterissuers.certmanager.step.sm/step-ca", false, true})
+	src.set(nsIssuer)
+	next(report{"issuers.cert-manager.io/<namespace>.team-ca", false, false})
+	select {
+	case r := <-reports:
+		t.Fatalf("an extra report %+v", r)
+	default:
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
