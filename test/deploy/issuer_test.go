@@ -207,3 +207,31 @@ func TestLayeredOverlayFollowsItsValues(t *testing.T) {
 		t.Errorf("Role svid-csi:runtime-issuer rules %+v, want resourceNames [my-issuer]", runtimeRole.Rules)
 	}
 }
+
+// The ConfigMap CA bundle (for a bundle of several CAs, during a CA switch)
+// mounts the whole ConfigMap's ca.crt, so that the kubelet updates it in
+// place, and passes it to the driver; it renders no such ConfigMap: the
+// bundle is the operator's (or trust-manager's).
+func TestCABundleConfigMapComponent(t *testing.T) {
+	objs := render(t, scratchOverlay(t, userOverlay("kustomize", []string{"ca-bundle-configmap"}))).objects
+	ds, _ := workloads(t, objs)
+	checkCABundle(t, ds)
+	if path, ok := flagValue(ds.Spec.Template.Spec.Containers[0].Args, "source-ca-bundle"); !ok || path != "/etc/svid-csi/ca/ca.crt" {
+		t.Fatalf("--source-ca-bundle = %q, %v", path, ok)
+	}
+	var found bool
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == "ca-bundle" {
+			found = v.ConfigMap != nil && v.ConfigMap.Name == "svid-csi-trust-bundle" &&
+				len(v.ConfigMap.Items) == 1 && v.ConfigMap.Items[0].Key == "ca.crt"
+		}
+	}
+	if !found {
+		t.Error("no ca-bundle volume from ConfigMap svid-csi-trust-bundle, key ca.crt")
+	}
+	for _, u := range find(objs, "ConfigMap") {
+		if u.GetName() == "svid-csi-trust-bundle" {
+			t.Error("the trust bundle ConfigMap is rendered: it is the operator's")
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/svid-csi/svid-csi/driver/volume"
 	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
@@ -331,4 +332,84 @@ func TestIssuerSwitchMidTraffic(t *testing.T) {
 	}
 	noDenials(t, ctx, ns)
 	waitNoRequests(t, ns)
+}
+
+// Trust for the whole of an issuer switch, the documented way (docs/deploy.md,
+// "Switching the CA"): the bundle first holds the old and the new CA, then the
+// runtime ConfigMap switches. Every pod's ca.crt then verifies every pod's
+// certificate, from either CA: old pods trust new ones and new pods old ones.
+func TestTrustDuringIssuerSwitch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	secondCA := ensureSecondIssuer(t, ctx)
+	bundleDir := filepath.Join(bed.Dir, "trust-bundle")
+	if err := os.MkdirAll(bundleDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	mountBundle := func(data []byte) {
+		t.Helper()
+		if err := volume.WriteFiles(bundleDir, map[string][]byte{"ca.crt": data}, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountBundle(bed.IssuerCAPEM)
+	const cm = "runtime-issuer-trust"
+	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	n := startNode(t, "trust", nodeOpts{runtimeConfigMap: cm, caBundle: filepath.Join(bundleDir, "ca.crt")})
+	ns := newTenant(t, "trust")
+	id := "spiffe://cluster.local/ns/" + ns + "/sa/app"
+	publish := func(name string) *testbed.PodVolume {
+		t.Helper()
+		v := n.pod(t, ns, name, nil, nil)
+		if err := n.kubelet.Publish(ctx, v); err != nil {
+			t.Fatalf("publish %s: %v", name, err)
+		}
+		return v
+	}
+	read := func(v *testbed.PodVolume, file string) []byte {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(v.TargetPath, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	old := publish("old")
+
+	// 1. The bundle holds both CAs, and reaches the running pod.
+	both := append(append([]byte{}, bed.IssuerCAPEM...), secondCA...)
+	mountBundle(both)
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return string(read(old, "ca.crt")) == string(both), nil
+	})
+	if err != nil {
+		t.Fatalf("the running pod never got the bundle of both CAs")
+	}
+	// 2. The switch: new pods get the second CA's certificates.
+	at := n.logSize()
+	runtimeConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
+	n.waitLogLine(at, "Active issuer changed", secondIssuer)
+	fresh := publish("new")
+	if _, err := testbed.VerifySVIDTo(secondCA, read(fresh, "tls.crt"), id); err != nil {
+		t.Fatalf("the new pod's certificate: %v", err)
+	}
+	// Each pod's bundle verifies both pods' certificates.
+	for _, truster := range []*testbed.PodVolume{old, fresh} {
+		for _, peer := range []*testbed.PodVolume{old, fresh} {
+			if _, err := testbed.VerifySVIDTo(read(truster, "ca.crt"), read(peer, "tls.crt"), id); err != nil {
+				t.Errorf("%s's ca.crt does not verify %s's certificate: %v", truster.Pod.Name, peer.Pod.Name, err)
+			}
+		}
+	}
+	// Without the documented step the old bundle alone would not have
+	// verified the new certificate: what docs/deploy.md warns of.
+	if _, err := testbed.VerifySVIDTo(bed.IssuerCAPEM, read(fresh, "tls.crt"), id); err == nil {
+		t.Fatal("the old CA alone verifies the new certificate: the test proves nothing")
+	}
+	for _, v := range []*testbed.PodVolume{old, fresh} {
+		if err := n.kubelet.DeletePod(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noDenials(t, ctx, ns)
 }
