@@ -7,15 +7,18 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	cmscheme "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned/scheme"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -48,6 +51,16 @@ func Run(ctx context.Context, cfg Completed) error {
 	if err != nil {
 		return fmt.Errorf("create cert-manager client: %w", err)
 	}
+
+	// Discovery for the signer check, each call bounded (RESTMapping takes
+	// no context).
+	discoveryConfig := rest.CopyConfig(restConfig)
+	discoveryConfig.Timeout = 10 * time.Second
+	dc, err := discovery.NewDiscoveryClientForConfig(discoveryConfig)
+	if err != nil {
+		return fmt.Errorf("create discovery client: %w", err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 
 	recorder, stopEvents, err := newRecorder(ctx, kube)
 	if err != nil {
@@ -103,8 +116,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	g.Go("issuer tracker", tracker.Run)
 	g.Go("signer check", func(ctx context.Context) error {
 		return signer.Run(ctx, signer.Options{
-			Client: kube,
-			Mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kube.Discovery())),
+			Client: kube, Mapper: mapper,
 			Issuer: tracker, Report: m.SignerApprovable,
 		})
 	})
@@ -118,7 +130,12 @@ func Run(ctx context.Context, cfg Completed) error {
 	})
 	g.Go("controller", func(ctx context.Context) error {
 		defer close(workersStopped)
-		return runController(ctx, cfg.Config, kube, ctrl, m, &leading)
+		return runController(ctx, cfg.Config, kube, ctrl, m, func(lead bool) {
+			leading.Store(lead)
+			if lead {
+				tracker.RecordInvalid() // seen while standing by: recorded by nobody
+			}
+		})
 	})
 	return g.Wait()
 }
@@ -126,17 +143,17 @@ func Run(ctx context.Context, cfg Completed) error {
 // runController runs the workers until ctx is done: while holding the
 // leader Lease with leader election (the workers stop before the Lease is
 // released), else at once.
-func runController(ctx context.Context, cfg Config, kube kubernetes.Interface, ctrl *controller.Controller, m *metrics.Metrics, leading *atomic.Bool) error {
+func runController(ctx context.Context, cfg Config, kube kubernetes.Interface, ctrl *controller.Controller, m *metrics.Metrics, lead func(bool)) error {
 	if !cfg.LeaderElection {
 		m.SetLeader(true)
-		leading.Store(true)
+		lead(true)
 		return ctrl.Run(ctx, cfg.Workers)
 	}
 	return runLeaderElection(ctx, cfg, kube, func(ctx context.Context) {
 		m.SetLeader(true)
-		leading.Store(true)
+		lead(true)
 		defer m.SetLeader(false)
-		defer leading.Store(false)
+		defer lead(false)
 		if err := ctrl.Run(ctx, cfg.Workers); err != nil {
 			klog.FromContext(ctx).Error(err, "Controller stopped")
 		}

@@ -46,8 +46,12 @@ type Options struct {
 	Every time.Duration
 }
 
-// checkTimeout bounds one check's API calls.
+// checkTimeout bounds one check's access reviews; the discovery client's
+// own timeout (see Options.Mapper) bounds discovery.
 const checkTimeout = 10 * time.Second
+
+// retryAfter is the wait after a check that got no answer.
+const retryAfter = 30 * time.Second
 
 // Outcome is what one check found.
 type Outcome struct {
@@ -55,6 +59,7 @@ type Outcome struct {
 	Allowed bool
 	Known   bool   // false: no answer (see Options.Report)
 	Why     string // for the log
+	Fix     string // what the operator does about a refusal
 }
 
 // Run checks the active issuer's signer until ctx is done. Each outcome that
@@ -69,73 +74,115 @@ func Run(ctx context.Context, opts Options) error {
 		return nil
 	}
 	var last Outcome
+	failing := false
 	for {
 		changed := opts.Issuer.Changed()
-		if ref, ok := opts.Issuer.Current(); ok {
-			out, err := Check(ctx, opts.Client, opts.Mapper, ref)
-			switch {
-			case err != nil:
-				logger.V(2).Info("Could not check the approver's permission on the active issuer's signer; trying again later", "err", err)
-			case out != last:
-				last = out
+		wait := opts.Every
+		ref, ok := opts.Issuer.Current()
+		var out Outcome
+		var err error
+		if ok {
+			out, err = Check(ctx, opts.Client, opts.Mapper, ref)
+		}
+		switch {
+		case err != nil:
+			// No answer: no series says yes for an issuer not checked.
+			if !failing {
+				logger.Error(err, "Could not check the approver's permission on the active issuer's signer; trying again")
+				failing, last = true, Outcome{}
 				if opts.Report != nil {
-					opts.Report(out.Signer, out.Allowed, out.Known)
-				}
-				switch {
-				case !out.Known:
-					logger.Info("The approver's permission on the active issuer's signer is checked by cert-manager per request", "signer", out.Signer, "why", out.Why)
-				case out.Allowed:
-					logger.Info("The approver may approve for the active issuer", "signer", out.Signer)
-				default:
-					logger.Error(nil, "The approver may not approve for the active issuer: cert-manager will refuse every decision; "+
-						"add the signer to the resourceNames of ClusterRole svid-csi-approver:signers", "signer", out.Signer, "why", out.Why)
+					opts.Report("", false, false)
 				}
 			}
+			wait = retryAfter
+		case out != last:
+			failing, last = false, out
+			if opts.Report != nil {
+				opts.Report(out.Signer, out.Allowed, out.Known)
+			}
+			switch {
+			case !ok:
+			case !out.Known:
+				logger.Info("The approver's permission on the active issuer's signer is checked by cert-manager per request", "signer", out.Signer, "why", out.Why)
+			case out.Allowed:
+				logger.Info("The approver may approve for the active issuer", "signer", out.Signer)
+			default:
+				logger.Error(nil, "The approver may not approve for the active issuer: cert-manager will refuse every decision",
+					"signer", out.Signer, "why", out.Why, "fix", out.Fix)
+			}
+		default:
+			failing = false
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-time.After(opts.Every):
+		case <-time.After(wait):
 		}
 	}
 }
 
-// Check asks whether this client may approve ref's signer. An issuer kind
-// the API server does not serve can never be approved (cert-manager: "signer
-// resource does not exist"). An error means no answer (API unreachable).
+// Check asks whether this client may approve ref's signer, in the two
+// forms cert-manager accepts: <resource>.<group>/* and the exact name. An
+// issuer kind the API server does not serve can never be approved
+// (cert-manager: "signer resource does not exist"); discovery is asked
+// again once before saying so, for a CRD installed since. An error means no
+// answer (API unreachable).
 func Check(ctx context.Context, client kubernetes.Interface, mapper meta.RESTMapper, ref cmmeta.IssuerReference) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	gk := schema.GroupKind{Group: ref.Group, Kind: ref.Kind}
 	mapping, err := mapper.RESTMapping(gk)
+	if r, ok := mapper.(meta.ResettableRESTMapper); ok && meta.IsNoMatchError(err) {
+		r.Reset()
+		mapping, err = mapper.RESTMapping(gk)
+	}
 	switch {
 	case meta.IsNoMatchError(err):
 		return Outcome{Signer: guess(ref), Known: true,
-			Why: fmt.Sprintf("the API server serves no kind %s in group %s", ref.Kind, ref.Group)}, nil
+			Why: fmt.Sprintf("the API server serves no kind %s in group %s", ref.Kind, ref.Group),
+			Fix: "install the issuer's CRD and controller, or correct the issuer's kind and group"}, nil
 	case err != nil:
 		return Outcome{}, fmt.Errorf("map kind %s: %w", gk, err)
 	}
 	resource := mapping.Resource.Resource + "." + ref.Group
+	wildcard := resource + "/*"
+	if ok, err := mayApprove(ctx, client, wildcard); err != nil || ok {
+		signer := resource + "/" + ref.Name
+		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+			signer = wildcard
+		}
+		return Outcome{Signer: signer, Allowed: ok, Known: ok}, err
+	}
 	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
 		return Outcome{Signer: resource + "/<namespace>." + ref.Name,
 			Why: "a namespaced issuer's signer names the namespace of each request"}, nil
 	}
 	signer := resource + "/" + ref.Name
+	ok, err := mayApprove(ctx, client, signer)
+	if err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Signer: signer, Allowed: ok, Known: true}
+	if !ok {
+		out.Why = "RBAC does not grant approve on signers " + signer
+		out.Fix = "add the signer to the resourceNames of ClusterRole svid-csi-approver:signers"
+	}
+	return out, nil
+}
+
+// mayApprove asks a SelfSubjectAccessReview for approve on one signers name.
+func mayApprove(ctx context.Context, client kubernetes.Interface, name string) (bool, error) {
 	review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
 		ResourceAttributes: &authorizationv1.ResourceAttributes{
-			Group: "cert-manager.io", Resource: "signers", Verb: "approve", Name: signer,
+			Group: "cert-manager.io", Resource: "signers", Verb: "approve", Name: name,
 		},
 	}}
 	got, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
 	if err != nil {
-		return Outcome{}, fmt.Errorf("ask whether the approver may approve %s: %w", signer, err)
+		return false, fmt.Errorf("ask whether the approver may approve signers %s: %w", name, err)
 	}
-	out := Outcome{Signer: signer, Allowed: got.Status.Allowed, Known: true}
-	if !out.Allowed {
-		out.Why = "RBAC does not grant approve on signers " + signer
-	}
-	return out, nil
+	return got.Status.Allowed, nil
 }
 
 // guess is the signer name of a kind the API server does not know, for the

@@ -3,7 +3,9 @@ package signer
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,9 +29,21 @@ func mapper() meta.RESTMapper {
 	m := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Group: "cert-manager.io", Version: "v1"}, {Group: "certmanager.step.sm", Version: "v1beta1"}})
 	m.Add(schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "ClusterIssuer"}, meta.RESTScopeRoot)
 	m.Add(schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Issuer"}, meta.RESTScopeNamespace)
-	m.Add(schema.GroupVersionKind{Group: "certmanager.step.sm", Version: "v1beta1", Kind: "StepClusterIssuer"}, meta.RESTScopeRoot)
+	// A plural no guess from the kind gives: the signer must come from discovery.
+	m.AddSpecific(schema.GroupVersionKind{Group: "certmanager.step.sm", Version: "v1beta1", Kind: "StepClusterIssuer"},
+		schema.GroupVersionResource{Group: "certmanager.step.sm", Version: "v1beta1", Resource: "stepclusterissuerz"},
+		schema.GroupVersionResource{Group: "certmanager.step.sm", Version: "v1beta1", Resource: "stepclusterissuer"}, meta.RESTScopeRoot)
 	return m
 }
+
+// resettable is a mapper that learns a kind when reset, as discovery does
+// once a CRD is installed.
+type resettable struct {
+	meta.RESTMapper
+	learn func()
+}
+
+func (r *resettable) Reset() { r.learn() }
 
 // client answers SelfSubjectAccessReviews: allowed for the signers given,
 // and records what was asked.
@@ -53,23 +67,32 @@ func client(allowed ...string) (*kubefake.Clientset, *[]authorizationv1.Resource
 }
 
 func TestCheck(t *testing.T) {
+	const exact, wild = "clusterissuers.cert-manager.io/spiffe-ca", "clusterissuers.cert-manager.io/*"
 	for name, tc := range map[string]struct {
 		ref     cmmeta.IssuerReference
 		allowed []string
 		want    Outcome
-		asks    int
+		asked   []string
 	}{
-		"allowed": {clusterIssuer, []string{"clusterissuers.cert-manager.io/spiffe-ca"},
-			Outcome{Signer: "clusterissuers.cert-manager.io/spiffe-ca", Allowed: true, Known: true}, 1},
+		"allowed by name": {clusterIssuer, []string{exact},
+			Outcome{Signer: exact, Allowed: true, Known: true}, []string{wild, exact}},
+		"allowed by the wildcard": {clusterIssuer, []string{wild},
+			Outcome{Signer: exact, Allowed: true, Known: true}, []string{wild}},
 		"not granted": {clusterIssuer, []string{"clusterissuers.cert-manager.io/other"},
-			Outcome{Signer: "clusterissuers.cert-manager.io/spiffe-ca", Known: true, Why: "RBAC does not grant approve on signers clusterissuers.cert-manager.io/spiffe-ca"}, 1},
-		"an external issuer's plural from discovery": {stepIssuer, []string{"stepclusterissuers.certmanager.step.sm/step-ca"},
-			Outcome{Signer: "stepclusterissuers.certmanager.step.sm/step-ca", Allowed: true, Known: true}, 1},
+			Outcome{Signer: exact, Known: true, Why: "RBAC does not grant approve on signers " + exact,
+				Fix: "add the signer to the resourceNames of ClusterRole svid-csi-approver:signers"}, []string{wild, exact}},
+		"an external issuer's plural from discovery": {stepIssuer, []string{"stepclusterissuerz.certmanager.step.sm/step-ca"},
+			Outcome{Signer: "stepclusterissuerz.certmanager.step.sm/step-ca", Allowed: true, Known: true},
+			[]string{"stepclusterissuerz.certmanager.step.sm/*", "stepclusterissuerz.certmanager.step.sm/step-ca"}},
 		"a kind nobody serves": {cmmeta.IssuerReference{Name: "x", Kind: "AWSPCAClusterIssuer", Group: "awspca.cert-manager.io"}, nil,
 			Outcome{Signer: "awspcaclusterissuers.awspca.cert-manager.io/x", Known: true,
-				Why: "the API server serves no kind AWSPCAClusterIssuer in group awspca.cert-manager.io"}, 0},
-		"namespaced: no answer": {nsIssuer, nil,
-			Outcome{Signer: "issuers.cert-manager.io/<namespace>.team-ca", Why: "a namespaced issuer's signer names the namespace of each request"}, 0},
+				Why: "the API server serves no kind AWSPCAClusterIssuer in group awspca.cert-manager.io",
+				Fix: "install the issuer's CRD and controller, or correct the issuer's kind and group"}, nil},
+		"namespaced: no answer but the wildcard's": {nsIssuer, nil,
+			Outcome{Signer: "issuers.cert-manager.io/<namespace>.team-ca", Why: "a namespaced issuer's signer names the namespace of each request"},
+			[]string{"issuers.cert-manager.io/*"}},
+		"namespaced, the wildcard granted": {nsIssuer, []string{"issuers.cert-manager.io/*"},
+			Outcome{Signer: "issuers.cert-manager.io/*", Allowed: true, Known: true}, []string{"issuers.cert-manager.io/*"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cs, asked := client(tc.allowed...)
@@ -77,15 +100,31 @@ func TestCheck(t *testing.T) {
 			if err != nil || got != tc.want {
 				t.Fatalf("Check = %+v, %v; want %+v", got, err, tc.want)
 			}
-			if len(*asked) != tc.asks {
-				t.Fatalf("%d reviews asked, want %d", len(*asked), tc.asks)
-			}
+			var names []string
 			for _, a := range *asked {
-				if a.Group != "cert-manager.io" || a.Resource != "signers" || a.Verb != "approve" || a.Name != tc.want.Signer {
+				if a.Group != "cert-manager.io" || a.Resource != "signers" || a.Verb != "approve" {
 					t.Errorf("asked %+v", a)
 				}
+				names = append(names, a.Name)
+			}
+			if !slices.Equal(names, tc.asked) {
+				t.Fatalf("asked for %q, want %q", names, tc.asked)
 			}
 		})
+	}
+}
+
+// A kind installed after the approver started is found: a miss asks
+// discovery again once.
+func TestCheckRediscovers(t *testing.T) {
+	base := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Group: "certmanager.step.sm", Version: "v1beta1"}})
+	m := &resettable{RESTMapper: base, learn: func() {
+		base.Add(schema.GroupVersionKind{Group: "certmanager.step.sm", Version: "v1beta1", Kind: "StepClusterIssuer"}, meta.RESTScopeRoot)
+	}}
+	cs, _ := client("stepclusterissuers.certmanager.step.sm/step-ca")
+	got, err := Check(t.Context(), cs, m, stepIssuer)
+	if err != nil || !got.Allowed {
+		t.Fatalf("Check = %+v, %v; want allowed after rediscovery", got, err)
 	}
 }
 
@@ -138,6 +177,13 @@ func TestRunFollowsTheIssuer(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	cs, _ := client("clusterissuers.cert-manager.io/spiffe-ca")
+	var failing atomic.Bool
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if failing.Load() {
+			return true, nil, errors.New("connection refused")
+		}
+		return false, nil, nil
+	})
 	src := &source{ref: clusterIssuer, changed: make(chan struct{})}
 	reports := make(chan report, 10)
 	done := make(chan error, 1)
@@ -159,13 +205,22 @@ func TestRunFollowsTheIssuer(t *testing.T) {
 	next(report{"clusterissuers.cert-manager.io/spiffe-ca", true, true})
 	time.Sleep(50 * time.Millisecond) // several periodic checks: the same outcome, no report
 	src.set(stepIssuer)
-	next(report{"stepclusterissuers.certmanager.step.sm/step-ca", false, true})
+	next(report{"stepclusterissuerz.certmanager.step.sm/step-ca", false, true})
 	src.set(nsIssuer)
 	next(report{"issuers.cert-manager.io/<namespace>.team-ca", false, false})
 	select {
 	case r := <-reports:
 		t.Fatalf("an extra report %+v", r)
 	default:
+	}
+	// No answer (the API server away): the series goes, once.
+	failing.Store(true)
+	src.set(clusterIssuer)
+	next(report{"", false, false})
+	select {
+	case r := <-reports:
+		t.Fatalf("an extra report %+v while failing", r)
+	case <-time.After(50 * time.Millisecond):
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -316,11 +316,7 @@ func (t *Tracker) refresh() {
 	logger := t.logger
 	if newInvalid {
 		logger.Error(invalid, "Runtime issuance ConfigMap is invalid; ignoring it", "configmap", klog.KObj(cm), "active", activeString(st))
-		if t.recorder != nil {
-			t.recorder.Eventf(cm, corev1.EventTypeWarning, EventInvalid,
-				"Ignored: %v (keys %s, %s and %s are all required and non-empty); the active issuer stays %s",
-				invalid, keyName, keyKind, keyGroup, activeString(st))
-		}
+		t.recordInvalid(cm, invalid, st)
 	}
 	if !changed && !first {
 		return
@@ -332,6 +328,28 @@ func (t *Tracker) refresh() {
 		logger.Info("Active issuer", "issuer", RefString(st.ref), "reason", st.reason)
 	default:
 		logger.Info("Active issuer changed", "issuer", RefString(st.ref), "previous", activeString(t.prevState()), "reason", st.reason)
+	}
+}
+
+func (t *Tracker) recordInvalid(cm *corev1.ConfigMap, invalid error, st state) {
+	if t.recorder != nil {
+		t.recorder.Eventf(cm, corev1.EventTypeWarning, EventInvalid,
+			"Ignored: %v (keys %s, %s and %s are all required and non-empty); the active issuer stays %s",
+			invalid, keyName, keyKind, keyGroup, activeString(st))
+	}
+}
+
+// RecordInvalid records the Warning Event for the ConfigMap's problem again,
+// if it has one now: for an approver that starts leading after the problem
+// was first seen (only the leader records).
+func (t *Tracker) RecordInvalid() {
+	if t.informer == nil {
+		return
+	}
+	t.refreshMu.Lock()
+	defer t.refreshMu.Unlock()
+	if cm, _, invalid := t.evaluate(); invalid != nil {
+		t.recordInvalid(cm, invalid, t.state())
 	}
 }
 

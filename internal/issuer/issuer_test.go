@@ -415,3 +415,26 @@ func TestStartIsNoSwitch(t *testing.T) {
 		t.Fatalf("Previous = %+v after start, want none", ref)
 	}
 }
+
+// An approver that starts leading records the ConfigMap's current problem,
+// which it saw (and, standing by, did not record) before.
+func TestRecordInvalidAgain(t *testing.T) {
+	bad := configMap(validData())
+	delete(bad.Data, keyName)
+	rec := record.NewFakeRecorder(10)
+	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: fake.NewClientset(bad), Recorder: rec})
+	select {
+	case <-rec.Events: // the first sight's
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Event for the invalid ConfigMap")
+	}
+	tr.RecordInvalid()
+	select {
+	case e := <-rec.Events:
+		if !strings.Contains(e, EventInvalid) || !strings.Contains(e, keyName) {
+			t.Fatalf("event %q", e)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("RecordInvalid recorded nothing")
+	}
+}

@@ -160,7 +160,7 @@ func TestExternalIssuerApproved(t *testing.T) {
 	// the API server (discovery for the kind's plural, then an access review).
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		return strings.Contains(p.Tail(1<<20), `"The approver may not approve for the active issuer`) &&
-			strings.Contains(p.Tail(1<<20), `signer="`+extSigner+`"`), nil
+			strings.Contains(p.Tail(1<<20), `signer="`+extSigner+`" why="RBAC does not grant`), nil
 	})
 	if err != nil {
 		t.Fatalf("no start-up line saying the approver may not approve %s:\n%s", extSigner, p.Tail(4096))
