@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2/ktesting"
 
+	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/approver/metrics"
 	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -516,22 +517,6 @@ func TestSyncForeignIssuerLeftUndecided(t *testing.T) {
 	}
 }
 
-func TestSignerName(t *testing.T) {
-	for _, tc := range []struct {
-		ref  cmmeta.IssuerReference
-		want string
-	}{
-		{cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}, "clusterissuers.cert-manager.io/ca"},
-		{cmmeta.IssuerReference{Name: "ca"}, "issuers.cert-manager.io/team-a.ca"},
-		{cmmeta.IssuerReference{Name: "step", Kind: "StepClusterIssuer", Group: "certmanager.step.sm"}, "stepclusterissuers.certmanager.step.sm/step"},
-		{cmmeta.IssuerReference{Name: "x\n\x1b[31m", Kind: "ClusterIssuer"}, `clusterissuers.cert-manager.io/x\n\x1b[31m`},
-	} {
-		if got := signerName("team-a", tc.ref); got != tc.want {
-			t.Errorf("signerName(%+v) = %q, want %q", tc.ref, got, tc.want)
-		}
-	}
-}
-
 // switching is an issuer source just after a switch from prev to active,
 // whose API server may already say fresh.
 type switching struct {
@@ -614,11 +599,9 @@ func TestSyncIssuerSwitch(t *testing.T) {
 			case tc.approve:
 				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
 			default:
-				msg := `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/second-ca" got="` + checksIssuer(tc.names) + `"`
+				msg := `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/second-ca" got="` + issuer.RefString(checks.Defaulted(tc.names)) + `"`
 				f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
 			}
 		})
 	}
 }
-
-func checksIssuer(r cmmeta.IssuerReference) string { return r.Kind + "." + r.Group + "/" + r.Name }

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/approver/metrics"
+	"github.com/svid-csi/svid-csi/approver/signer"
 	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
@@ -160,7 +160,7 @@ func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, 
 	msg := fmt.Sprintf("cert-manager refused the %s condition, so the request stays undecided: %q. Give the approver "+
 		"the approve verb on this issuer's signer: add %s to the resourceNames of ClusterRole svid-csi-approver:signers "+
 		"(config.env's ISSUER_RESOURCE and ISSUER_NAME), or name an issuer that exists; the request is decided again "+
-		"when it changes or the approver restarts", condType, reason, signerName(cr.Namespace, cr.Spec.IssuerRef))
+		"when it changes or the approver restarts", condType, reason, signer.Guess(cr.Namespace, cr.Spec.IssuerRef))
 	c.metrics.Refused(result)
 	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, msg)
 	klog.FromContext(ctx).Error(err, "cert-manager refused the decision; not retrying", "certificaterequest", klog.KObj(cr), "condition", condType)
@@ -173,38 +173,11 @@ func byWebhook(err error) bool { return strings.Contains(err.Error(), "admission
 // foreign records a denial cert-manager would not let be written because the
 // request names an issuer that is not this approver's to decide.
 func (c *Controller) foreign(ctx context.Context, cr *cmapi.CertificateRequest, result string) {
-	signer := signerName(cr.Namespace, cr.Spec.IssuerRef)
+	signer := signer.Guess(cr.Namespace, cr.Spec.IssuerRef)
 	c.metrics.Refused(result)
 	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, fmt.Sprintf("Not decided by svid-csi: the request names "+
 		"the issuer %s, which is not the active SPIFFE issuer, and cert-manager lets this approver decide only for the "+
 		"signers it is given; the request stays undecided for that issuer's approver", signer))
 	klog.FromContext(ctx).V(2).Info("Request names an issuer this approver may not decide for; left undecided",
 		"certificaterequest", klog.KObj(cr), "signer", signer)
-}
-
-// signerName is the signers resource name cert-manager checks the approve
-// verb on: <plural>.<group>/<name> for a cluster-scoped issuer, and
-// <plural>.<group>/<namespace>.<name> for a namespaced one. For other
-// groups the plural (lower-cased kind plus "s") and the scope (a kind
-// containing "Cluster") are best guesses; cert-manager asks discovery.
-func signerName(namespace string, ref cmmeta.IssuerReference) string {
-	ref = checks.Defaulted(ref)
-	kind, group := ref.Kind, ref.Group
-	name := quoteBounded(ref.Name)
-	if !strings.Contains(kind, "Cluster") {
-		name = namespace + "." + name
-	}
-	return quoteBounded(strings.ToLower(kind)) + "s." + quoteBounded(group) + "/" + name
-}
-
-// quoteBounded keeps a value from a request printable and bounded in a
-// message (253 bytes, the longest object name): what is not printable
-// ASCII is escaped.
-func quoteBounded(s string) string {
-	const max = 253
-	if len(s) > max {
-		s = s[:max]
-	}
-	q := strconv.QuoteToASCII(s)
-	return q[1 : len(q)-1]
 }

@@ -127,11 +127,6 @@ func (m *Metrics) SignerApprovable(signer string, allowed, known bool) {
 	m.signer.WithLabelValues(signer).Set(v)
 }
 
-// SignerGauge exposes the signer series, for tests.
-func (m *Metrics) SignerGauge(signer string) prometheus.Gauge {
-	return m.signer.WithLabelValues(signer)
-}
-
 // DecisionsCounter returns the decisions counter for one result and check, for tests.
 func (m *Metrics) DecisionsCounter(result, check string) prometheus.Counter {
 	return m.decisions.WithLabelValues(result, check)

@@ -44,3 +44,21 @@ func TestNilMetricsRecordNothing(t *testing.T) {
 	m.Decision(ResultApproved, "", time.Second)
 	m.SetLeader(true)
 }
+
+// One series for the active issuer's signer: a new signer replaces the old,
+// no answer removes it.
+func TestSignerApprovable(t *testing.T) {
+	m := New(prometheus.NewRegistry())
+	m.SignerApprovable("clusterissuers.cert-manager.io/a", true, true)
+	m.SignerApprovable("clusterissuers.cert-manager.io/b", false, true)
+	if n := testutil.CollectAndCount(m.signer); n != 1 {
+		t.Fatalf("%d series, want 1 (the active signer's)", n)
+	}
+	if v := testutil.ToFloat64(m.signer.WithLabelValues("clusterissuers.cert-manager.io/b")); v != 0 {
+		t.Fatalf("b = %v, want 0", v)
+	}
+	m.SignerApprovable("", false, false)
+	if n := testutil.CollectAndCount(m.signer); n != 0 {
+		t.Fatalf("%d series after no answer, want 0", n)
+	}
+}

@@ -11,6 +11,7 @@ package signer
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/svid-csi/svid-csi/approver/checks"
 )
 
 // Source tells the active issuer and when it changes (internal/issuer.Tracker).
@@ -139,7 +142,7 @@ func Check(ctx context.Context, client kubernetes.Interface, mapper meta.RESTMap
 	}
 	switch {
 	case meta.IsNoMatchError(err):
-		return Outcome{Signer: guess(ref), Known: true,
+		return Outcome{Signer: Guess("<namespace>", ref), Known: true,
 			Why: fmt.Sprintf("the API server serves no kind %s in group %s", ref.Kind, ref.Group),
 			Fix: "install the issuer's CRD and controller, or correct the issuer's kind and group"}, nil
 	case err != nil:
@@ -185,8 +188,29 @@ func mayApprove(ctx context.Context, client kubernetes.Interface, name string) (
 	return got.Status.Allowed, nil
 }
 
-// guess is the signer name of a kind the API server does not know, for the
-// message only: the lower-cased kind plus "s".
-func guess(ref cmmeta.IssuerReference) string {
-	return strings.ToLower(ref.Kind) + "s." + ref.Group + "/" + ref.Name
+// Guess is the signer name of ref for a request in namespace when the API
+// server is not asked, for messages: <plural>.<group>/<name> for a
+// cluster-scoped issuer, <plural>.<group>/<namespace>.<name> for a
+// namespaced one. The plural (lower-cased kind plus "s") and the scope (a
+// kind containing "Cluster") are guesses; Check asks discovery. Values are
+// escaped to printable ASCII and bounded.
+func Guess(namespace string, ref cmmeta.IssuerReference) string {
+	ref = checks.Defaulted(ref)
+	name := quoteBounded(ref.Name)
+	if !strings.Contains(ref.Kind, "Cluster") {
+		name = quoteBounded(namespace) + "." + name
+	}
+	return quoteBounded(strings.ToLower(ref.Kind)) + "s." + quoteBounded(ref.Group) + "/" + name
+}
+
+// quoteBounded keeps a value from a request printable and bounded in a
+// message (253 bytes, the longest object name): what is not printable
+// ASCII is escaped.
+func quoteBounded(s string) string {
+	const max = 253
+	if len(s) > max {
+		s = s[:max]
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
 }

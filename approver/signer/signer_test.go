@@ -227,3 +227,19 @@ func TestRunFollowsTheIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestGuess(t *testing.T) {
+	for _, tc := range []struct {
+		ref  cmmeta.IssuerReference
+		want string
+	}{
+		{cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}, "clusterissuers.cert-manager.io/ca"},
+		{cmmeta.IssuerReference{Name: "ca"}, "issuers.cert-manager.io/team-a.ca"},
+		{cmmeta.IssuerReference{Name: "step", Kind: "StepClusterIssuer", Group: "certmanager.step.sm"}, "stepclusterissuers.certmanager.step.sm/step"},
+		{cmmeta.IssuerReference{Name: "x\n\x1b[31m", Kind: "ClusterIssuer"}, `clusterissuers.cert-manager.io/x\n\x1b[31m`},
+	} {
+		if got := Guess("team-a", tc.ref); got != tc.want {
+			t.Errorf("Guess(%+v) = %q, want %q", tc.ref, got, tc.want)
+		}
+	}
+}

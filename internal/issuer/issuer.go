@@ -311,6 +311,7 @@ func (t *Tracker) refresh() {
 		t.changed = make(chan struct{})
 	}
 	t.st, t.refreshed = st, true
+	prev := t.prev
 	t.mu.Unlock()
 
 	logger := t.logger
@@ -327,7 +328,7 @@ func (t *Tracker) refresh() {
 	case first:
 		logger.Info("Active issuer", "issuer", RefString(st.ref), "reason", st.reason)
 	default:
-		logger.Info("Active issuer changed", "issuer", RefString(st.ref), "previous", activeString(t.prevState()), "reason", st.reason)
+		logger.Info("Active issuer changed", "issuer", RefString(st.ref), "previous", activeString(prev), "reason", st.reason)
 	}
 }
 
@@ -351,12 +352,6 @@ func (t *Tracker) RecordInvalid() {
 	if cm, _, invalid := t.evaluate(); invalid != nil {
 		t.recordInvalid(cm, invalid, t.state())
 	}
-}
-
-func (t *Tracker) prevState() state {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.prev
 }
 
 // evaluate reads the ConfigMap from the informer's store: the state it makes

@@ -109,20 +109,7 @@ func TestPodLifecycle(t *testing.T) {
 			}
 
 			// Republish of a healthy volume: no request, same files.
-			time.Sleep(time.Second) // let the audit log catch up with the delete
-			before := auditCount(t, ns)
-			for range 3 {
-				if err := n.kubelet.Publish(ctx, v); err != nil {
-					t.Fatalf("republish: %v", err)
-				}
-			}
-			if again := svid(t, v, id(ns)); !bytes.Equal(again.Raw, cert.Raw) {
-				t.Fatal("republish of a healthy volume rewrote the certificate")
-			}
-			time.Sleep(time.Second)
-			if after := auditCount(t, ns); after != before {
-				t.Fatalf("republish made %d API requests on CertificateRequests, want 0", after-before)
-			}
+			republishIsFree(t, ctx, n, v, ns, cert, 3, "republish of a healthy volume")
 
 			if err := n.kubelet.DeletePod(ctx, v); err != nil {
 				t.Fatal(err)
@@ -244,18 +231,7 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	// The new run found the volume again in its state: republishes of it,
 	// long before its renewal is due, make no API call.
 	n.waitLogLine(logFrom, "Recovered volume", v.VolumeID)
-	time.Sleep(time.Second) // let the audit log catch up with the sweep
-	before := auditCount(t, ns)
-	if err := n.kubelet.Publish(ctx, v); err != nil {
-		t.Fatalf("republish after the restart: %v", err)
-	}
-	if cur := svid(t, v, id(ns)); !bytes.Equal(cur.Raw, first.Raw) {
-		t.Fatal("republish after the restart rewrote the certificate")
-	}
-	time.Sleep(time.Second)
-	if after := auditCount(t, ns); after != before {
-		t.Fatalf("republish after the restart made %d API requests on CertificateRequests, want 0", after-before)
-	}
+	republishIsFree(t, ctx, n, v, ns, first, 1, "republish after the restart")
 
 	waitRenewed(t, n, v, first, first.NotAfter.Add(-10*time.Second))
 	waitNoRequests(t, ns)
@@ -414,4 +390,25 @@ func leftoverRequest(t *testing.T, ctx context.Context, n *node, ns string) stri
 		t.Fatal(err)
 	}
 	return cr.Name
+}
+
+// republishIsFree republishes v times times and checks that it keeps cert
+// and makes no API request on CertificateRequests (the audit log is given a
+// second before and after to catch up).
+func republishIsFree(t *testing.T, ctx context.Context, n *node, v *testbed.PodVolume, ns string, cert *x509.Certificate, times int, what string) {
+	t.Helper()
+	time.Sleep(time.Second)
+	before := auditCount(t, ns)
+	for range times {
+		if err := n.kubelet.Publish(ctx, v); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	if cur := svid(t, v, id(ns)); !bytes.Equal(cur.Raw, cert.Raw) {
+		t.Fatalf("%s rewrote the certificate", what)
+	}
+	time.Sleep(time.Second)
+	if after := auditCount(t, ns); after != before {
+		t.Fatalf("%s made %d API requests on CertificateRequests, want 0", what, after-before)
+	}
 }

@@ -203,9 +203,10 @@ func TestNoIssuerSaysHowToConfigure(t *testing.T) {
 	assertNoState(t, n, v.VolumeID)
 }
 
-// ensureSecondIssuer creates the second CA issuer once per bed.
+// secondCAPEM is the second CA issuer's root, once it is made.
 var secondCAPEM []byte
 
+// ensureSecondIssuer creates the second CA issuer once per bed.
 func ensureSecondIssuer(t *testing.T, ctx context.Context) []byte {
 	t.Helper()
 	if secondCAPEM == nil {
