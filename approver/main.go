@@ -27,6 +27,7 @@ func main() {
 	flag.StringVar(&cfg.IssuerKind, "issuer-kind", cfg.IssuerKind, "kind of that issuer")
 	flag.StringVar(&cfg.IssuerGroup, "issuer-group", cfg.IssuerGroup, "API group of that issuer")
 	flag.StringVar(&cfg.RuntimeIssuanceConfigMap, "runtime-issuance-configmap", cfg.RuntimeIssuanceConfigMap, "<namespace>/<name> of a ConfigMap whose issuer-name/-kind/-group override the issuer flags while valid")
+	flag.StringVar(&cfg.ConfigConfigMap, "config-configmap", "", "<namespace>/<name> of the shared configuration ConfigMap whose TRUST_DOMAIN, CERTIFICATE_REQUEST_DURATION and ISSUER_NAME/_KIND/_GROUP replace the flags of the same meaning while valid, read live")
 	flag.StringVar(&cfg.DriverName, "driver-name", cfg.DriverName, "CSI driver name; only requests labelled with it are watched")
 	flag.BoolVar(&cfg.LeaderElection, "leader-election", cfg.LeaderElection, "run workers only while holding the leader Lease")
 	flag.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", cfg.LeaderElectionNamespace, "namespace of the leader Lease")

@@ -33,6 +33,7 @@ func main() {
 	flag.StringVar(&cfg.IssuerKind, "issuer-kind", cfg.IssuerKind, "cert-manager issuer kind")
 	flag.StringVar(&cfg.IssuerGroup, "issuer-group", cfg.IssuerGroup, "cert-manager issuer group")
 	flag.StringVar(&cfg.RuntimeIssuanceConfigMap, "runtime-issuance-configmap", "", "<namespace>/<name> of a ConfigMap naming the issuer at run time")
+	flag.StringVar(&cfg.ConfigConfigMap, "config-configmap", "", "<namespace>/<name> of the shared configuration ConfigMap whose TRUST_DOMAIN, CERTIFICATE_REQUEST_DURATION and ISSUER_NAME/_KIND/_GROUP replace the flags of the same meaning while valid, read live")
 	flag.StringVar(&cfg.SourceCABundle, "source-ca-bundle", "", "PEM CA bundle file written into every volume as --file-name-ca")
 	flag.StringVar(&cfg.FileNameCertificate, "file-name-certificate", cfg.FileNameCertificate, "certificate chain file name in the volume")
 	flag.StringVar(&cfg.FileNameKey, "file-name-key", cfg.FileNameKey, "private key file name in the volume")

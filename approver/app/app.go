@@ -26,8 +26,8 @@ import (
 	"github.com/svid-csi/svid-csi/approver/controller"
 	"github.com/svid-csi/svid-csi/approver/metrics"
 	"github.com/svid-csi/svid-csi/approver/signer"
-	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/run"
+	"github.com/svid-csi/svid-csi/internal/settings"
 )
 
 // Component names the approver in Events, the user agent and logs.
@@ -71,12 +71,9 @@ func Run(ctx context.Context, cfg Completed) error {
 	// The approver, not every driver, records an invalid runtime ConfigMap
 	// in an Event, and only the replica that leads: one Event per problem.
 	var leading atomic.Bool
-	tracker, err := issuer.New(issuer.Options{
-		Flags:     cfg.Parsed.Issuer,
-		ConfigMap: cfg.Parsed.ConfigMap,
-		Client:    kube,
-		Recorder:  leaderOnly{recorder, &leading},
-	})
+	opts := cfg.Parsed.SettingsOptions()
+	opts.Client, opts.Recorder = kube, leaderOnly{recorder, &leading}
+	tracker, err := settings.New(opts)
 	if err != nil {
 		return err
 	}
@@ -85,13 +82,11 @@ func Run(ctx context.Context, cfg Completed) error {
 	m := metrics.New(registry)
 	factory := controller.NewInformerFactory(cm, cfg.DriverName)
 	ctrl, err := controller.New(controller.Options{
-		Client:      cm,
-		Informer:    factory.Certmanager().V1().CertificateRequests(),
-		Issuer:      tracker,
-		TrustDomain: cfg.Parsed.TrustDomain,
-		Duration:    cfg.CertificateRequestDuration,
-		Recorder:    recorder,
-		Metrics:     m,
+		Client:   cm,
+		Informer: factory.Certmanager().V1().CertificateRequests(),
+		Settings: tracker,
+		Recorder: recorder,
+		Metrics:  m,
 	})
 	if err != nil {
 		return err
@@ -108,12 +103,12 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 
-	logger.Info("Starting", "trustDomain", cfg.Parsed.TrustDomain.Name(), "driverName", cfg.DriverName,
+	logger.Info("Starting", "trustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap, "driverName", cfg.DriverName,
 		"duration", cfg.CertificateRequestDuration, "leaderElection", cfg.LeaderElection)
 	g := run.NewGroup(ctx)
 	g.Go("health server", health)
 	g.Go("metrics server", metricsServer)
-	g.Go("issuer tracker", tracker.Run)
+	g.Go("settings tracker", tracker.Run)
 	g.Go("signer check", func(ctx context.Context) error {
 		return signer.Run(ctx, signer.Options{
 			Client: kube, Mapper: mapper,

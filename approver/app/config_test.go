@@ -86,13 +86,13 @@ func TestCompleteAcceptsOptionalSettings(t *testing.T) {
 		t.Fatalf("Complete = %v", err)
 	}
 	// Run takes these parsed; it parses nothing again.
-	if got := c.Parsed.TrustDomain.Name(); got != "cluster.local" {
+	if got := c.Parsed.Settings.TrustDomain.Name(); got != "cluster.local" {
 		t.Errorf("parsed trust domain = %q", got)
 	}
-	if got := c.Parsed.ConfigMap.String(); got != "cert-manager/svid-csi-issuer" {
+	if got := c.Parsed.IssuerConfigMap.String(); got != "cert-manager/svid-csi-issuer" {
 		t.Errorf("parsed ConfigMap = %q", got)
 	}
-	if got := c.Parsed.Issuer; got.Name != "spiffe-ca" || got.Kind != "ClusterIssuer" || got.Group != "cert-manager.io" {
+	if got := c.Parsed.Settings.Issuer; got.Name != "spiffe-ca" || got.Kind != "ClusterIssuer" || got.Group != "cert-manager.io" {
 		t.Errorf("parsed issuer = %+v", got)
 	}
 	if c.Config != cfg {

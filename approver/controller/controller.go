@@ -9,12 +9,10 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	cminformers "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions"
 	cminformersv1 "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions/certmanager/v1"
 	cmlisters "github.com/cert-manager/cert-manager/pkg/client/listers/certmanager/v1"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,17 +25,18 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/approver/metrics"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
-// IssuerSource tells the active issuer (internal/issuer.Tracker).
-type IssuerSource interface {
-	Current() (cmmeta.IssuerReference, bool)
-	// Previous is the issuer active before the last switch, while a request
-	// created at created may still name it.
-	Previous(created time.Time) (cmmeta.IssuerReference, bool)
-	// Fresh is the active issuer read from the API server, not a cache.
-	Fresh(ctx context.Context) (cmmeta.IssuerReference, bool, error)
+// SettingsSource tells the active settings (a settings.Tracker).
+type SettingsSource interface {
+	Current() settings.Settings
+	// Previous are the settings active before recent changes that a
+	// request created at created may still carry, newest first.
+	Previous(created time.Time) []settings.Settings
+	// Fresh are the active settings read from the API server, not a cache.
+	Fresh(ctx context.Context) (settings.Settings, error)
 	HasSynced() bool
 }
 
@@ -45,13 +44,12 @@ type IssuerSource interface {
 type Options struct {
 	Client   cmclient.Interface
 	Informer cminformersv1.CertificateRequestInformer // from NewInformerFactory
-	Issuer   IssuerSource
-	// TrustDomain and Duration are enforced on every request.
-	TrustDomain spiffeid.TrustDomain
-	Duration    time.Duration
-	Recorder    record.EventRecorder
-	Metrics     *metrics.Metrics // may be nil
-	Now         func() time.Time // defaults to time.Now
+	// Settings are the trust domain, duration and issuer every request
+	// must carry.
+	Settings SettingsSource
+	Recorder record.EventRecorder
+	Metrics  *metrics.Metrics // may be nil
+	Now      func() time.Time // defaults to time.Now
 }
 
 // Controller decides pending CertificateRequests.
@@ -59,9 +57,7 @@ type Controller struct {
 	client   cmclient.Interface
 	lister   cmlisters.CertificateRequestLister
 	synced   cache.InformerSynced
-	issuer   IssuerSource
-	td       spiffeid.TrustDomain
-	duration time.Duration
+	settings SettingsSource
 	recorder record.EventRecorder
 	metrics  *metrics.Metrics
 	now      func() time.Time
@@ -98,21 +94,15 @@ func New(opts Options) (*Controller, error) {
 		return nil, errors.New("controller: Client is required")
 	case opts.Informer == nil:
 		return nil, errors.New("controller: Informer is required")
-	case opts.Issuer == nil:
-		return nil, errors.New("controller: Issuer is required")
-	case opts.TrustDomain.IsZero():
-		return nil, errors.New("controller: TrustDomain is required")
-	case opts.Duration <= 0:
-		return nil, errors.New("controller: Duration must be positive")
+	case opts.Settings == nil:
+		return nil, errors.New("controller: Settings is required")
 	case opts.Recorder == nil:
 		return nil, errors.New("controller: Recorder is required")
 	}
 	c := &Controller{
 		client:   opts.Client,
 		lister:   opts.Informer.Lister(),
-		issuer:   opts.Issuer,
-		td:       opts.TrustDomain,
-		duration: opts.Duration,
+		settings: opts.Settings,
 		recorder: opts.Recorder,
 		metrics:  opts.Metrics,
 		now:      opts.Now,
@@ -135,7 +125,7 @@ func New(opts Options) (*Controller, error) {
 // HasSynced reports whether the request cache and the active issuer are
 // loaded: the approver is ready, leading or standing by.
 func (c *Controller) HasSynced() bool {
-	return c.synced() && c.issuer.HasSynced()
+	return c.synced() && c.settings.HasSynced()
 }
 
 // QueueDepth is the number of requests waiting; 0 while standing by.

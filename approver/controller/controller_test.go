@@ -33,7 +33,7 @@ import (
 
 	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/approver/metrics"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -107,14 +107,20 @@ type fixture struct {
 func newFixture(t *testing.T, flags cmmeta.IssuerReference, objs ...*cmapi.CertificateRequest) *fixture {
 	t.Helper()
 	// The issuer comes from flags: the tracker answers without running.
-	tracker, err := issuer.New(issuer.Options{Flags: flags, Client: kubefake.NewClientset()})
+	tracker, err := settings.New(settings.Options{Flags: withIssuer(flags), Client: kubefake.NewClientset()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return newFixtureWith(t, tracker, objs...)
 }
 
-func newFixtureWith(t *testing.T, src IssuerSource, objs ...*cmapi.CertificateRequest) *fixture {
+// withIssuer are the tests' settings (trustDomain, an hour) with ref as
+// their issuer.
+func withIssuer(ref cmmeta.IssuerReference) settings.Settings {
+	return settings.Settings{TrustDomain: trustDomain, Duration: time.Hour, Issuer: ref}
+}
+
+func newFixtureWith(t *testing.T, src SettingsSource, objs ...*cmapi.CertificateRequest) *fixture {
 	t.Helper()
 	var runtimeObjs []runtime.Object
 	for _, o := range objs {
@@ -136,14 +142,12 @@ func newFixtureWith(t *testing.T, src IssuerSource, objs ...*cmapi.CertificateRe
 	m := metrics.New(f.registry)
 	var err error
 	f.ctrl, err = New(Options{
-		Client:      f.client,
-		Informer:    informer,
-		Issuer:      src,
-		TrustDomain: trustDomain,
-		Duration:    time.Hour,
-		Recorder:    f.recorder,
-		Metrics:     m,
-		Now:         func() time.Time { return decidedAt },
+		Client:   f.client,
+		Informer: informer,
+		Settings: src,
+		Recorder: f.recorder,
+		Metrics:  m,
+		Now:      func() time.Time { return decidedAt },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -334,7 +338,7 @@ func TestSyncDeletedBeforeUpdate(t *testing.T) {
 func TestSyncWithoutIssuerRetries(t *testing.T) {
 	f := newFixture(t, cmmeta.IssuerReference{}, request(t, "cr"))
 	err := f.sync("cr")
-	if !errors.Is(err, issuer.ErrNoIssuer) {
+	if !errors.Is(err, settings.ErrNoIssuer) {
 		t.Fatalf("sync = %v, want ErrNoIssuer (retry, not deny)", err)
 	}
 	f.expectNoActions()
@@ -401,9 +405,9 @@ func TestRunDecidesAndStops(t *testing.T) {
 	f := newFixture(t, flagIssuer)
 	// A fresh informer: the fixture's is filled by hand.
 	factory := NewInformerFactory(f.client, spiffe.DefaultDriverName)
-	tracker, _ := issuer.New(issuer.Options{Flags: flagIssuer})
+	tracker, _ := settings.New(settings.Options{Flags: withIssuer(flagIssuer)})
 	ctrl, err := New(Options{Client: f.client, Informer: factory.Certmanager().V1().CertificateRequests(),
-		Issuer: tracker, TrustDomain: trustDomain, Duration: time.Hour, Recorder: f.recorder})
+		Settings: tracker, Recorder: f.recorder})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,22 +522,36 @@ func TestSyncForeignIssuerLeftUndecided(t *testing.T) {
 }
 
 // switching is an issuer source just after a switch from prev to active,
-// whose API server may already say fresh.
+// whose API server may already say fresh; the other settings are the
+// tests' unless set.
 type switching struct {
 	active, prev, fresh cmmeta.IssuerReference
 	prevUntil           time.Time // requests created up to then may name prev
 	freshErr            error
 	freshCalls          int
+	// Durations, when set, replace the hour of the tests' settings.
+	activeDuration, prevDuration, freshDuration time.Duration
 }
 
-func (s *switching) Current() (cmmeta.IssuerReference, bool) { return s.active, true }
-func (s *switching) HasSynced() bool                         { return true }
-func (s *switching) Previous(created time.Time) (cmmeta.IssuerReference, bool) {
-	return s.prev, s.prev.Name != "" && !created.After(s.prevUntil)
+func (s *switching) settings(ref cmmeta.IssuerReference, d time.Duration) settings.Settings {
+	st := withIssuer(ref)
+	if d != 0 {
+		st.Duration = d
+	}
+	return st
 }
-func (s *switching) Fresh(context.Context) (cmmeta.IssuerReference, bool, error) {
+
+func (s *switching) Current() settings.Settings { return s.settings(s.active, s.activeDuration) }
+func (s *switching) HasSynced() bool            { return true }
+func (s *switching) Previous(created time.Time) []settings.Settings {
+	if s.prev.Name == "" || created.After(s.prevUntil) {
+		return nil
+	}
+	return []settings.Settings{s.settings(s.prev, s.prevDuration)}
+}
+func (s *switching) Fresh(context.Context) (settings.Settings, error) {
 	s.freshCalls++
-	return s.fresh, s.fresh.Name != "", s.freshErr
+	return s.settings(s.fresh, s.freshDuration), s.freshErr
 }
 
 // During an issuer switch nothing is denied that a driver made in good
@@ -570,7 +588,7 @@ func TestSyncIssuerSwitch(t *testing.T) {
 			names: third, src: switching{active: second, prev: flagIssuer, prevUntil: created.Time, fresh: second}, wantFresh: 1,
 		},
 		"the ConfigMap invalid: retried, not denied": {
-			names: second, src: switching{active: flagIssuer, freshErr: issuer.ErrInvalidConfigMap},
+			names: second, src: switching{active: flagIssuer, freshErr: settings.ErrInvalidConfigMap},
 			wantFresh: 1, wantErrSub: "invalid",
 		},
 		"the API server unreachable: retried, not denied": {
@@ -599,9 +617,70 @@ func TestSyncIssuerSwitch(t *testing.T) {
 			case tc.approve:
 				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
 			default:
-				msg := `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/second-ca" got="` + issuer.RefString(checks.Defaulted(tc.names)) + `"`
+				msg := `spec.issuerRef: exp="ClusterIssuer.cert-manager.io/second-ca" got="` + settings.RefString(checks.Defaulted(tc.names)) + `"`
 				f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
 			}
 		})
+	}
+}
+
+// A change of the duration mid-traffic denies nothing a driver made in good
+// faith: the previous duration for requests made before the change, the
+// API server's for requests made before this approver saw it. Another
+// duration is denied, and so is a previous one paired with a wrong check.
+func TestSyncDurationChange(t *testing.T) {
+	created := metav1.NewTime(decidedAt.Add(-time.Second))
+	changed := switching{active: flagIssuer, prev: flagIssuer, prevUntil: created.Time, fresh: flagIssuer,
+		activeDuration: 2 * time.Hour, prevDuration: time.Hour, freshDuration: 2 * time.Hour}
+	behind := switching{active: flagIssuer, fresh: flagIssuer, activeDuration: time.Hour, freshDuration: 2 * time.Hour}
+	for name, tc := range map[string]struct {
+		duration  time.Duration
+		src       switching
+		approve   bool
+		wantFresh int
+		wantMsg   string
+	}{
+		"the previous duration, made before the change": {duration: time.Hour, src: changed, approve: true},
+		"the previous duration, made after the window": {duration: time.Hour, wantFresh: 1, wantMsg: `spec.duration: exp="2h0m0s" got="1h0m0s"`,
+			src: func() switching { s := changed; s.prevUntil = created.Add(-time.Second); return s }()},
+		"the new duration, the watch behind": {duration: 2 * time.Hour, src: behind, approve: true, wantFresh: 1},
+		"a duration never active":            {duration: 3 * time.Hour, src: changed, wantFresh: 1, wantMsg: `spec.duration: exp="2h0m0s" got="3h0m0s"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cr := request(t, "cr")
+			cr.CreationTimestamp = created
+			cr.Spec.Duration = &metav1.Duration{Duration: tc.duration}
+			src := tc.src
+			f := newFixtureWith(t, &src, cr)
+			if err := f.sync("cr"); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if src.freshCalls != tc.wantFresh {
+				t.Errorf("Fresh called %d times, want %d", src.freshCalls, tc.wantFresh)
+			}
+			if tc.approve {
+				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
+			} else {
+				f.expectDecision(cmapi.CertificateRequestConditionDenied, tc.wantMsg, "Warning Denied "+tc.wantMsg)
+			}
+		})
+	}
+}
+
+// A request that fails a check the settings do not govern is denied at once:
+// no previous or fresh settings are consulted.
+func TestSyncFixedCheckNeedsNoFreshRead(t *testing.T) {
+	cr := request(t, "cr")
+	cr.Spec.Usages = append(cr.Spec.Usages, cmapi.UsageCodeSigning)
+	src := switching{active: flagIssuer, prev: flagIssuer, prevUntil: decidedAt, fresh: flagIssuer}
+	f := newFixtureWith(t, &src, cr)
+	if err := f.sync("cr"); err != nil {
+		t.Fatal(err)
+	}
+	if src.freshCalls != 0 {
+		t.Errorf("Fresh called %d times for a usages denial", src.freshCalls)
+	}
+	if a := f.client.Actions(); len(a) != 1 {
+		t.Fatalf("actions = %v, want one status update", a)
 	}
 }

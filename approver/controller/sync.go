@@ -17,7 +17,7 @@ import (
 	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/approver/metrics"
 	"github.com/svid-csi/svid-csi/approver/signer"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -51,15 +51,15 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 
 	// No issuer yet is most likely configuration that is late (the runtime
 	// ConfigMap not created yet): a denial would be final, so retry instead.
-	ref, ok := c.issuer.Current()
-	if !ok {
-		return fmt.Errorf("cannot check spec.issuerRef: %w", issuer.ErrNoIssuer)
+	active := c.settings.Current()
+	if !active.HasIssuer() {
+		return fmt.Errorf("cannot check spec.issuerRef: %w", settings.ErrNoIssuer)
 	}
-	if ref, err = c.issuerFor(ctx, cr, ref); err != nil {
+	denial, err := c.evaluate(ctx, cr, active)
+	if err != nil {
 		return err
 	}
 
-	denial := checks.Evaluate(cr, checks.Policy{TrustDomain: c.td, Duration: c.duration, Issuer: ref})
 	condType, message, result, check := cmapi.CertificateRequestConditionApproved, ApprovedMessage, metrics.ResultApproved, ""
 	if denial != nil {
 		condType, message, result, check = cmapi.CertificateRequestConditionDenied, denial.Message, metrics.ResultDenied, denial.Check
@@ -116,38 +116,49 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	return nil
 }
 
-// freshTimeout bounds the read of the runtime issuance ConfigMap that
-// confirms an issuer mismatch.
+// freshTimeout bounds the read of the ConfigMaps that confirms a mismatch.
 const freshTimeout = 5 * time.Second
 
-// issuerFor returns the issuer the request is checked against: the active
-// one, unless the request names the issuer that was active just before a
-// switch (a driver made it before it saw the switch), or the API server
-// already says the request's issuer is active (the driver saw the switch
-// before this approver's watch did). A switch mid-traffic then denies
-// nothing. A request naming anything else is checked against the active
-// issuer, and denied.
-func (c *Controller) issuerFor(ctx context.Context, cr *cmapi.CertificateRequest, active cmmeta.IssuerReference) (cmmeta.IssuerReference, error) {
-	got := cr.Spec.IssuerRef
-	if checks.SameIssuer(got, active) {
-		return active, nil
+// live are the checks whose expected values change with the settings.
+var live = map[string]bool{checks.CheckIssuer: true, checks.CheckDuration: true, checks.CheckTrustDomain: true}
+
+// evaluate checks the request against the active settings. A request that
+// fails only because its duration, trust domain or issuer differs is also
+// checked against the settings active just before recent changes (a driver
+// made it before it saw them), then against the settings the API
+// server holds now (the driver saw the change before this approver's watch
+// did), and approved if it passes all checks against either: a change
+// mid-traffic denies nothing. Anything else is denied against the active
+// settings. An error means the settings could not be confirmed: retry.
+func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest, active settings.Settings) (*checks.Denial, error) {
+	denial := checks.Evaluate(cr, policy(active))
+	if denial == nil || !live[denial.Check] {
+		return denial, nil
 	}
 	logger := klog.FromContext(ctx)
-	if prev, ok := c.issuer.Previous(cr.CreationTimestamp.Time); ok && checks.SameIssuer(got, prev) {
-		logger.V(2).Info("Request names the issuer active before the switch; checking it against that one", "certificaterequest", klog.KObj(cr))
-		return prev, nil
+	for _, prev := range c.settings.Previous(cr.CreationTimestamp.Time) {
+		if prev.HasIssuer() && checks.Evaluate(cr, policy(prev)) == nil {
+			logger.V(2).Info("Request carries settings active before a recent change; approved against those",
+				"certificaterequest", klog.KObj(cr), "check", denial.Check, "previous", prev.String())
+			return nil, nil
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, freshTimeout)
 	defer cancel()
-	fresh, ok, err := c.issuer.Fresh(ctx)
+	fresh, err := c.settings.Fresh(ctx)
 	if err != nil {
-		return active, fmt.Errorf("confirm the active issuer before checking spec.issuerRef: %w", err)
+		return nil, fmt.Errorf("confirm the active settings before denying on %s: %w", denial.Check, err)
 	}
-	if ok && checks.SameIssuer(got, fresh) {
-		logger.V(2).Info("Request names the issuer the API server says is active; the watch has not caught up", "certificaterequest", klog.KObj(cr))
-		return fresh, nil
+	if fresh != active && fresh.HasIssuer() && checks.Evaluate(cr, policy(fresh)) == nil {
+		logger.V(2).Info("Request carries the settings the API server holds; the watch has not caught up",
+			"certificaterequest", klog.KObj(cr), "check", denial.Check, "fresh", fresh.String())
+		return nil, nil
 	}
-	return active, nil
+	return denial, nil
+}
+
+func policy(s settings.Settings) checks.Policy {
+	return checks.Policy{TrustDomain: s.TrustDomain, Duration: s.Duration, Issuer: s.Issuer}
 }
 
 // refused records a decision cert-manager would not let be written: an Event

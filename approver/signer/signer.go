@@ -25,11 +25,12 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/approver/checks"
+	"github.com/svid-csi/svid-csi/internal/settings"
 )
 
-// Source tells the active issuer and when it changes (internal/issuer.Tracker).
+// Source tells the active settings and when they change (a settings.Tracker).
 type Source interface {
-	Current() (cmmeta.IssuerReference, bool)
+	Current() settings.Settings
 	Changed() <-chan struct{}
 	HasSynced() bool
 }
@@ -81,7 +82,8 @@ func Run(ctx context.Context, opts Options) error {
 	for {
 		changed := opts.Issuer.Changed()
 		wait := opts.Every
-		ref, ok := opts.Issuer.Current()
+		active := opts.Issuer.Current()
+		ref, ok := active.Issuer, active.HasIssuer()
 		var out Outcome
 		var err error
 		if ok {

@@ -3,6 +3,7 @@ package signer
 import (
 	"context"
 	"errors"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -145,10 +146,10 @@ type source struct {
 	changed chan struct{}
 }
 
-func (s *source) Current() (cmmeta.IssuerReference, bool) {
+func (s *source) Current() settings.Settings {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ref, s.ref.Name != ""
+	return settings.Settings{Issuer: s.ref}
 }
 
 func (s *source) Changed() <-chan struct{} {

@@ -59,7 +59,7 @@ func TestComplete(t *testing.T) {
 	if completed.Socket != "/var/lib/kubelet/plugins/spiffe.csi.cert-manager.io/csi.sock" {
 		t.Errorf("default socket %s", completed.Socket)
 	}
-	if completed.Parsed.TrustDomain.Name() != "cluster.local" || completed.Parsed.Issuer.Name != "" {
+	if completed.Parsed.Settings.TrustDomain.Name() != "cluster.local" || completed.Parsed.Settings.Issuer.Name != "" {
 		t.Errorf("parsed %+v", completed.Parsed)
 	}
 	c.Endpoint = "unix:///run/csi/x.sock"

@@ -24,8 +24,8 @@ import (
 	"github.com/svid-csi/svid-csi/driver/registration"
 	"github.com/svid-csi/svid-csi/driver/socket"
 	"github.com/svid-csi/svid-csi/driver/volume"
-	"github.com/svid-csi/svid-csi/internal/issuer"
 	"github.com/svid-csi/svid-csi/internal/run"
+	"github.com/svid-csi/svid-csi/internal/settings"
 )
 
 // Run runs the driver until ctx is done or a component fails. Volumes stay
@@ -52,10 +52,13 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 
-	// The issuer: from flags, or the runtime ConfigMap while it is valid.
-	issuers, err := issuer.New(issuer.Options{Flags: cfg.Parsed.Issuer, ConfigMap: cfg.Parsed.ConfigMap, Client: kube})
+	// Trust domain, duration and issuer: from flags, or the ConfigMaps
+	// while they are valid, followed live.
+	opts := cfg.Parsed.SettingsOptions()
+	opts.Client = kube
+	live, err := settings.New(opts)
 	if err != nil {
-		return fmt.Errorf("runtime issuer: %w", err)
+		return fmt.Errorf("settings: %w", err)
 	}
 
 	// Issuance: requests created as the pod, watched on this node only.
@@ -64,8 +67,7 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 	client, err := issuance.New(issuance.Options{
-		DriverName: cfg.DriverName, NodeName: cfg.NodeID, TrustDomain: cfg.Parsed.TrustDomain,
-		Duration: cfg.CertificateRequestDuration, Issuer: issuers,
+		DriverName: cfg.DriverName, NodeName: cfg.NodeID, Settings: live,
 		PodClient: podCM, DriverClient: driverCM, Waiter: waiter,
 	})
 	if err != nil {
@@ -92,7 +94,7 @@ func Run(ctx context.Context, cfg Completed) error {
 		CABundle: ca.PEM,
 		Checks: []manager.Check{
 			{Name: "the CertificateRequest cache", Ready: client.HasSynced},
-			{Name: "the runtime issuer", Ready: issuers.HasSynced},
+			{Name: "the live settings", Ready: live.HasSynced},
 		},
 		MaxConcurrentIssuances: cfg.MaxConcurrentIssuances,
 		Metrics:                m,
@@ -144,9 +146,9 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 
 	logger.Info("Starting driver", "version", cfg.Version, "driver", cfg.DriverName, "node", cfg.NodeID,
-		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain)
+		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap)
 	g := run.NewGroup(ctx)
-	g.Go("runtime issuer", issuers.Run)
+	g.Go("settings tracker", live.Run)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })
 	g.Go("orphan sweep", func(ctx context.Context) error {
 		// One pass once the informer has synced; then it waits with the group.

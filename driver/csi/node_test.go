@@ -22,7 +22,7 @@ import (
 	"github.com/svid-csi/svid-csi/driver/failure"
 	"github.com/svid-csi/svid-csi/driver/manager"
 	"github.com/svid-csi/svid-csi/driver/manager/managertest"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -71,7 +71,7 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 			td.issuer.Fail(failure.New(failure.Denied, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`))
 		}, codes.FailedPrecondition, `request denied: spec.duration: exp="1h0m0s" got="2h0m0s"`},
 		{"no issuer", func(r *csi.NodePublishVolumeRequest) {
-			td.issuer.Fail(failure.New(failure.NoIssuer, "%w", issuer.ErrNoIssuer))
+			td.issuer.Fail(failure.New(failure.NoIssuer, "%w", settings.ErrNoIssuer))
 		}, codes.FailedPrecondition, "no issuer is configured: set --issuer-name"},
 		{"forbidden", func(r *csi.NodePublishVolumeRequest) {
 			td.issuer.Fail(failure.New(failure.Forbidden, "create CertificateRequest as ServiceAccount team-a/app: forbidden"))

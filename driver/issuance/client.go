@@ -12,9 +12,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
@@ -22,7 +20,7 @@ import (
 
 	"github.com/svid-csi/svid-csi/driver/failure"
 	"github.com/svid-csi/svid-csi/driver/logkey"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -49,12 +47,11 @@ type Result struct {
 
 // Options configure a Client.
 type Options struct {
-	DriverName  string
-	NodeName    string
-	TrustDomain spiffeid.TrustDomain
-	Duration    time.Duration
-	// Issuer names the issuer of each new request (an *issuer.Tracker).
-	Issuer IssuerSource
+	DriverName string
+	NodeName   string
+	// Settings give the trust domain, duration and issuer of each new
+	// request (a *settings.Tracker).
+	Settings SettingsSource
 	// PodClient creates requests; it must be built from PodConfig, so each
 	// call carries the token set by withToken.
 	PodClient cmclient.Interface
@@ -63,9 +60,9 @@ type Options struct {
 	Waiter       *Waiter
 }
 
-// IssuerSource tells the active issuer and when it changes.
-type IssuerSource interface {
-	Current() (cmmeta.IssuerReference, bool)
+// SettingsSource tells the active settings and when they change.
+type SettingsSource interface {
+	Current() settings.Settings
 	Changed() <-chan struct{}
 }
 
@@ -83,7 +80,7 @@ type Client struct {
 type pendingRequest struct {
 	namespace, name string
 	podUID          string
-	issuer          cmmeta.IssuerReference
+	made            settings.Settings // what the request was made with
 	key             crypto.Signer
 }
 
@@ -94,8 +91,8 @@ func New(opts Options) (*Client, error) {
 		return nil, errors.New("issuance: both a pod client and a driver client are required")
 	case opts.Waiter == nil:
 		return nil, errors.New("issuance: a waiter is required")
-	case opts.Issuer == nil:
-		return nil, errors.New("issuance: an issuer tracker is required")
+	case opts.Settings == nil:
+		return nil, errors.New("issuance: a settings tracker is required")
 	}
 	return &Client{opts: opts, pending: map[string]*pendingRequest{}}, nil
 }
@@ -152,7 +149,7 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 	for {
 		// Taken before the pending request is chosen: a switch after this
 		// point ends the wait below.
-		changed := c.opts.Issuer.Changed()
+		changed := c.opts.Settings.Changed()
 		p, err := c.pendingFor(ctx, req)
 		if err != nil {
 			return nil, err
@@ -173,10 +170,12 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 		o, msg := outcomeOf(cr)
 		if o == denied || o == failed {
 			c.Release(ctx, req.VolumeID)
-			if c.stale(p) {
-				// Decided against the old issuer after a switch: ask the new one.
-				logger.Info("CertificateRequest for the previous issuer was not issued; asking the active one",
-					logkey.CertificateRequest, ref, "outcome", msg)
+			if c.outdated(p) {
+				// Decided against the old settings after a change (the old
+				// issuer, or an approver applying the new duration or trust
+				// domain): ask again with the active ones.
+				logger.Info("CertificateRequest made with the previous settings was not issued; asking again with the active ones",
+					logkey.CertificateRequest, ref, "outcome", msg, "made", p.made.String())
 				continue
 			}
 		}
@@ -211,7 +210,7 @@ func (c *Client) pendingFor(ctx context.Context, req Request) (*pendingRequest, 
 		p = nil
 	case c.stale(p):
 		logger.Info("Active issuer changed; replacing the pending CertificateRequest",
-			logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "previous", issuer.RefString(p.issuer))
+			logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "previous", settings.RefString(p.made.Issuer))
 		c.Release(ctx, req.VolumeID)
 		p = nil
 	case c.gone(ctx, p):
@@ -232,23 +231,32 @@ func (c *Client) pendingFor(ctx context.Context, req Request) (*pendingRequest, 
 	c.mu.Lock()
 	c.pending[req.VolumeID] = p
 	c.mu.Unlock()
-	logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "issuer", issuer.RefString(p.issuer))
+	logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "issuer", settings.RefString(p.made.Issuer))
 	return p, nil
 }
 
 // stale reports whether the request names an issuer that is no longer the
 // active one. With no issuer active at all it is kept: nothing could replace it.
 func (c *Client) stale(p *pendingRequest) bool {
-	cur, ok := c.opts.Issuer.Current()
-	return ok && cur != p.issuer
+	cur := c.opts.Settings.Current()
+	return cur.HasIssuer() && cur.Issuer != p.made.Issuer
+}
+
+// outdated reports whether the active settings differ from those the
+// request was made with: a denial of it may be the approver's, applying the
+// new ones, and a request made with them is worth one more try.
+func (c *Client) outdated(p *pendingRequest) bool {
+	cur := c.opts.Settings.Current()
+	return cur.HasIssuer() && cur != p.made
 }
 
 func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, error) {
-	ref, ok := c.opts.Issuer.Current()
-	if !ok {
-		return nil, failure.New(failure.NoIssuer, "%w", issuer.ErrNoIssuer)
+	// One read: the ID, duration and issuer of a request are of one state.
+	live := c.opts.Settings.Current()
+	if !live.HasIssuer() {
+		return nil, failure.New(failure.NoIssuer, "%w", settings.ErrNoIssuer)
 	}
-	id, err := spiffe.ID(c.opts.TrustDomain, req.Namespace, req.ServiceAccount)
+	id, err := spiffe.ID(live.TrustDomain, req.Namespace, req.ServiceAccount)
 	if err != nil {
 		return nil, failure.New(failure.Invalid, "%w", err)
 	}
@@ -263,14 +271,14 @@ func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, erro
 	cr := buildRequest(requestParams{
 		DriverName: c.opts.DriverName, NodeName: c.opts.NodeName, ID: id.String(),
 		Namespace: req.Namespace, PodName: req.PodName, PodUID: req.PodUID,
-		CSR: csr, Duration: c.opts.Duration, Issuer: ref,
+		CSR: csr, Duration: live.Duration, Issuer: live.Issuer,
 	})
 	created, err := c.opts.PodClient.CertmanagerV1().CertificateRequests(req.Namespace).
 		Create(withToken(ctx, req.Token), cr, metav1.CreateOptions{})
 	if err != nil {
 		return nil, apiError(ctx, fmt.Sprintf("create CertificateRequest as ServiceAccount %s/%s", req.Namespace, req.ServiceAccount), err)
 	}
-	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, issuer: ref, key: key}, nil
+	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, made: live, key: key}, nil
 }
 
 // Release deletes the volume's request, if any, with the driver's own

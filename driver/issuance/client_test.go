@@ -28,7 +28,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/svid-csi/svid-csi/driver/failure"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -45,14 +45,19 @@ type fixture struct {
 // generateName, with the waiter's informer synced.
 func newFixture(t *testing.T, flags cmmeta.IssuerReference) *fixture {
 	t.Helper()
-	issuers, err := issuer.New(issuer.Options{Flags: flags})
+	issuers, err := settings.New(settings.Options{Flags: testSettings(flags)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return newFixtureWith(t, issuers)
 }
 
-func newFixtureWith(t *testing.T, issuers IssuerSource) *fixture {
+// testSettings are the settings of the tests, with ref as the issuer.
+func testSettings(ref cmmeta.IssuerReference) settings.Settings {
+	return settings.Settings{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Duration: time.Hour, Issuer: ref}
+}
+
+func newFixtureWith(t *testing.T, issuers SettingsSource) *fixture {
 	t.Helper()
 	f := &fixture{cs: fake.NewSimpleClientset()}
 	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
@@ -77,8 +82,7 @@ func newFixtureWith(t *testing.T, issuers IssuerSource) *fixture {
 	f.ctx = ctx
 	f.client, err = New(Options{
 		DriverName: spiffe.DefaultDriverName, NodeName: "node-1",
-		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
-		Duration:    time.Hour, Issuer: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
+		Settings: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +269,7 @@ func TestPendingRequestIsResumedNotRecreated(t *testing.T) {
 func TestNoIssuer(t *testing.T) {
 	f := newFixture(t, cmmeta.IssuerReference{})
 	_, err := f.client.Issue(f.ctx, testRequest)
-	if failure.ReasonOf(err) != failure.NoIssuer || !errors.Is(err, issuer.ErrNoIssuer) || err.Error() != issuer.ErrNoIssuer.Error() {
+	if failure.ReasonOf(err) != failure.NoIssuer || !errors.Is(err, settings.ErrNoIssuer) || err.Error() != settings.ErrNoIssuer.Error() {
 		t.Fatalf("got %v, want the no-issuer message", err)
 	}
 	if f.count(t) != 0 {
@@ -347,22 +351,22 @@ func TestSweepOrphans(t *testing.T) {
 	}
 }
 
-// switchable is an issuer source whose switch a test controls: set changes
-// what Current says, wake tells the waiters.
+// switchable is a settings source whose changes a test controls: set and
+// setDuration change what Current says, wake tells the waiters.
 type switchable struct {
 	mu      sync.Mutex
-	ref     cmmeta.IssuerReference
+	st      settings.Settings
 	changed chan struct{}
 }
 
 func newSwitchable(ref cmmeta.IssuerReference) *switchable {
-	return &switchable{ref: ref, changed: make(chan struct{})}
+	return &switchable{st: testSettings(ref), changed: make(chan struct{})}
 }
 
-func (s *switchable) Current() (cmmeta.IssuerReference, bool) {
+func (s *switchable) Current() settings.Settings {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ref, s.ref.Name != ""
+	return s.st
 }
 
 func (s *switchable) Changed() <-chan struct{} {
@@ -374,7 +378,13 @@ func (s *switchable) Changed() <-chan struct{} {
 func (s *switchable) set(ref cmmeta.IssuerReference) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ref = ref
+	s.st.Issuer = ref
+}
+
+func (s *switchable) setDuration(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.Duration = d
 }
 
 func (s *switchable) wake() {
@@ -461,5 +471,36 @@ func TestPendingForTheOldIssuerIsReplaced(t *testing.T) {
 	f.sign(t, cr)
 	if r := <-ch; r.err != nil || f.creates.Load() != 2 {
 		t.Fatalf("got %v after %d creates, want the new issuer's certificate after 2", r.err, f.creates.Load())
+	}
+}
+
+func withDuration(d time.Duration) func(*cmapi.CertificateRequest) bool {
+	return func(cr *cmapi.CertificateRequest) bool {
+		return cr.Spec.Duration != nil && cr.Spec.Duration.Duration == d
+	}
+}
+
+// A new duration while a request waits keeps it (the approver accepts the
+// previous settings for requests made before it saw the change); a denial
+// that comes after the change is retried once, with the new duration.
+func TestDurationChange(t *testing.T) {
+	src := newSwitchable(testIssuer)
+	f := newFixtureWith(t, src)
+	ch := f.issueAsync(f.ctx, testRequest)
+	first := f.createdFor(t, withDuration(time.Hour))
+	src.setDuration(2 * time.Hour)
+	src.wake()
+	time.Sleep(50 * time.Millisecond)
+	if n := f.creates.Load(); n != 1 {
+		t.Fatalf("%d creates after a duration change, want the waiting request kept", n)
+	}
+	f.setCondition(t, first, cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io",
+		`spec.duration: exp="2h0m0s" got="1h0m0s"`)
+	second := f.createdFor(t, withDuration(2*time.Hour))
+	f.setCondition(t, second, cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io",
+		`spec.duration: exp="3h0m0s" got="2h0m0s"`)
+	r := <-ch
+	if failure.ReasonOf(r.err) != failure.Denied || f.creates.Load() != 2 {
+		t.Fatalf("got %v after %d creates; want the second denial returned, not retried again", r.err, f.creates.Load())
 	}
 }

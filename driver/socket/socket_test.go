@@ -511,10 +511,12 @@ func TestServeCutsCallAfterGrace(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the cut call did not end on the client")
 	}
+	// Stop cancels the cut call's context without waiting for its handler:
+	// the handler sees it and returns.
 	select {
 	case <-b.handlerDone:
-	default:
-		t.Error("the cut call's handler still runs after Serve returned")
+	case <-time.After(time.Second):
+		t.Error("the cut call's handler still runs a second after Serve returned")
 	}
 }
 

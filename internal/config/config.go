@@ -11,13 +11,12 @@ import (
 	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
@@ -64,6 +63,10 @@ type Shared struct {
 	IssuerKind                 string
 	IssuerGroup                string
 	RuntimeIssuanceConfigMap   string // <namespace>/<name>; empty: none
+	// ConfigConfigMap is <namespace>/<name> of the shared configuration
+	// ConfigMap whose keys replace the trust domain, duration and issuer
+	// flags while the process runs; empty: none.
+	ConfigConfigMap string
 
 	Kubeconfig   string // empty: in-cluster
 	KubeAPIQPS   float64
@@ -86,11 +89,20 @@ func SharedDefaults(qps float64, burst int) Shared {
 
 // Parsed are the shared flags, parsed once.
 type Parsed struct {
-	TrustDomain spiffeid.TrustDomain
-	// Issuer is the issuer from flags; an empty Name means none.
-	Issuer cmmeta.IssuerReference
-	// ConfigMap names the runtime issuance ConfigMap; empty means none.
-	ConfigMap types.NamespacedName
+	// Settings are the flags' trust domain, duration and issuer (an empty
+	// Issuer.Name means none): the start values of a settings.Tracker.
+	Settings settings.Settings
+	// IssuerConfigMap names the runtime issuance ConfigMap; empty means none.
+	IssuerConfigMap types.NamespacedName
+	// ConfigConfigMap names the shared configuration ConfigMap; empty
+	// means none.
+	ConfigConfigMap types.NamespacedName
+}
+
+// SettingsOptions are the options of the settings.Tracker these flags
+// configure.
+func (p Parsed) SettingsOptions() settings.Options {
+	return settings.Options{Flags: p.Settings, ConfigConfigMap: p.ConfigConfigMap, IssuerConfigMap: p.IssuerConfigMap}
 }
 
 // Complete validates the shared flags, naming the first bad one, and
@@ -98,12 +110,18 @@ type Parsed struct {
 func (s *Shared) Complete() (Parsed, error) {
 	var p Parsed
 	var err error
-	if p.TrustDomain, err = spiffe.ParseTrustDomain(s.TrustDomain); err != nil {
+	if p.Settings.TrustDomain, err = spiffe.ParseTrustDomain(s.TrustDomain); err != nil {
 		return Parsed{}, Bad("trust-domain", "%v", err)
 	}
+	p.Settings.Duration = s.CertificateRequestDuration
 	if s.RuntimeIssuanceConfigMap != "" {
-		if p.ConfigMap, err = issuer.ParseConfigMap(s.RuntimeIssuanceConfigMap); err != nil {
+		if p.IssuerConfigMap, err = settings.ParseConfigMap(s.RuntimeIssuanceConfigMap); err != nil {
 			return Parsed{}, Bad("runtime-issuance-configmap", "%v", err)
+		}
+	}
+	if s.ConfigConfigMap != "" {
+		if p.ConfigConfigMap, err = settings.ParseConfigMap(s.ConfigConfigMap); err != nil {
+			return Parsed{}, Bad("config-configmap", "%v", err)
 		}
 	}
 	switch {
@@ -125,9 +143,9 @@ func (s *Shared) Complete() (Parsed, error) {
 		return Parsed{}, Bad("kube-api-burst", "must be at least 1, got %d", s.KubeAPIBurst)
 	}
 	if s.IssuerName != "" {
-		p.Issuer = cmmeta.IssuerReference{Name: s.IssuerName, Kind: s.IssuerKind, Group: s.IssuerGroup}
-		var bad *issuer.KeyError
-		if err := issuer.Validate(p.Issuer); errors.As(err, &bad) {
+		p.Settings.Issuer = cmmeta.IssuerReference{Name: s.IssuerName, Kind: s.IssuerKind, Group: s.IssuerGroup}
+		var bad *settings.KeyError
+		if err := settings.Validate(p.Settings.Issuer); errors.As(err, &bad) {
 			return Parsed{}, Bad(bad.Key, "%s", bad.Problem)
 		}
 	}

@@ -29,14 +29,14 @@ func TestSharedDefaultsComplete(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SharedDefaults(20, 40).Complete(): %v", err)
 	}
-	if p.TrustDomain.Name() != defaultTrustDomain {
-		t.Errorf("trust domain %q, want %q", p.TrustDomain.Name(), defaultTrustDomain)
+	if p.Settings.TrustDomain.Name() != defaultTrustDomain {
+		t.Errorf("trust domain %q, want %q", p.Settings.TrustDomain.Name(), defaultTrustDomain)
 	}
-	if p.Issuer != (cmmeta.IssuerReference{}) {
-		t.Errorf("Issuer = %+v without --issuer-name, want empty", p.Issuer)
+	if p.Settings.Issuer != (cmmeta.IssuerReference{}) {
+		t.Errorf("Issuer = %+v without --issuer-name, want empty", p.Settings.Issuer)
 	}
-	if p.ConfigMap != (types.NamespacedName{}) {
-		t.Errorf("ConfigMap = %v without --runtime-issuance-configmap, want empty", p.ConfigMap)
+	if p.IssuerConfigMap != (types.NamespacedName{}) {
+		t.Errorf("ConfigMap = %v without --runtime-issuance-configmap, want empty", p.IssuerConfigMap)
 	}
 }
 
@@ -67,6 +67,8 @@ func TestCompleteBadFlag(t *testing.T) {
 		{"configmap without namespace", "runtime-issuance-configmap", `"just-a-name"`, func(s *Shared) { s.RuntimeIssuanceConfigMap = "just-a-name" }},
 		{"configmap bad namespace", "runtime-issuance-configmap", `"Bad_NS/cm": namespace`, func(s *Shared) { s.RuntimeIssuanceConfigMap = "Bad_NS/cm" }},
 		{"configmap too many parts", "runtime-issuance-configmap", `"ns/cm/x"`, func(s *Shared) { s.RuntimeIssuanceConfigMap = "ns/cm/x" }},
+		{"config configmap without namespace", "config-configmap", `"svid-csi-config"`, func(s *Shared) { s.ConfigConfigMap = "svid-csi-config" }},
+		{"config configmap bad name", "config-configmap", `"ns/Bad_Name": name`, func(s *Shared) { s.ConfigConfigMap = "ns/Bad_Name" }},
 		{"driver name empty", "driver-name", "required", func(s *Shared) { s.DriverName = "" }},
 		{"driver name not a DNS subdomain", "driver-name", `"Spiffe_CSI" is not a CSIDriver name`, func(s *Shared) { s.DriverName = "Spiffe_CSI" }},
 		{"driver name neither a subdomain nor short", "driver-name", "is not a CSIDriver name", func(s *Shared) {
@@ -127,8 +129,8 @@ func TestCompleteIssuerKindGroupOnlyWithName(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Complete() without --issuer-name and with no kind and group: %v", err)
 	}
-	if p.Issuer != (cmmeta.IssuerReference{}) {
-		t.Errorf("Issuer = %+v, want empty", p.Issuer)
+	if p.Settings.Issuer != (cmmeta.IssuerReference{}) {
+		t.Errorf("Issuer = %+v, want empty", p.Settings.Issuer)
 	}
 }
 
@@ -139,16 +141,16 @@ func TestCompleteIssuer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (cmmeta.IssuerReference{Name: "my-ca", Kind: defaultIssuerKind, Group: defaultIssuerGroup}); p.Issuer != want {
-		t.Errorf("Issuer = %+v, want %+v", p.Issuer, want)
+	if want := (cmmeta.IssuerReference{Name: "my-ca", Kind: defaultIssuerKind, Group: defaultIssuerGroup}); p.Settings.Issuer != want {
+		t.Errorf("Issuer = %+v, want %+v", p.Settings.Issuer, want)
 	}
 
 	s.IssuerKind, s.IssuerGroup = "Issuer", "example.io"
 	if p, err = s.Complete(); err != nil {
 		t.Fatal(err)
 	}
-	if want := (cmmeta.IssuerReference{Name: "my-ca", Kind: "Issuer", Group: "example.io"}); p.Issuer != want {
-		t.Errorf("Issuer = %+v, want %+v", p.Issuer, want)
+	if want := (cmmeta.IssuerReference{Name: "my-ca", Kind: "Issuer", Group: "example.io"}); p.Settings.Issuer != want {
+		t.Errorf("Issuer = %+v, want %+v", p.Settings.Issuer, want)
 	}
 }
 
@@ -156,16 +158,23 @@ func TestCompleteParses(t *testing.T) {
 	s := SharedDefaults(5, 10)
 	s.TrustDomain = "example.org"
 	s.RuntimeIssuanceConfigMap = "cert-manager/svid-csi-issuer"
+	s.ConfigConfigMap = "cert-manager/svid-csi-config"
+	s.CertificateRequestDuration = 2 * time.Hour
 	s.DriverName = "svid.example.io"
 	p, err := s.Complete()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.TrustDomain.Name() != "example.org" {
-		t.Errorf("TrustDomain = %q, want example.org", p.TrustDomain.Name())
+	if p.Settings.TrustDomain.Name() != "example.org" {
+		t.Errorf("TrustDomain = %q, want example.org", p.Settings.TrustDomain.Name())
 	}
-	if want := (types.NamespacedName{Namespace: "cert-manager", Name: "svid-csi-issuer"}); p.ConfigMap != want {
-		t.Errorf("ConfigMap = %v, want %v", p.ConfigMap, want)
+	if want := (types.NamespacedName{Namespace: "cert-manager", Name: "svid-csi-issuer"}); p.IssuerConfigMap != want {
+		t.Errorf("ConfigMap = %v, want %v", p.IssuerConfigMap, want)
+	}
+	opts := p.SettingsOptions()
+	if opts.ConfigConfigMap.String() != "cert-manager/svid-csi-config" || opts.IssuerConfigMap != p.IssuerConfigMap ||
+		opts.Flags.Duration != 2*time.Hour || opts.Flags.TrustDomain != p.Settings.TrustDomain {
+		t.Errorf("SettingsOptions = %+v", opts)
 	}
 }
 

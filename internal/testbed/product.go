@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -50,24 +51,9 @@ func (b *Bed) InstallExample(ctx context.Context) (*Product, error) {
 	if b.Node == nil {
 		return nil, fmt.Errorf("install the example overlay: the bed has no node (Options.Node)")
 	}
-	dir, err := b.writeKustomization()
+	p, err := b.applyExample(ctx, nil)
 	if err != nil {
 		return nil, err
-	}
-	r, err := Render(filesys.MakeFsOnDisk(), dir)
-	if err != nil {
-		return nil, err
-	}
-	p := &Product{Kustomization: dir, Objects: r.Objects}
-	if err := os.WriteFile(filepath.Join(dir, "rendered.yaml"), r.YAML, 0o644); err != nil {
-		return nil, fmt.Errorf("write the rendered manifests: %w", err)
-	}
-	a, err := b.NewApplier(productFieldOwner)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.ApplyAll(ctx, r.Objects); err != nil {
-		return nil, fmt.Errorf("apply %s: %w", dir, err)
 	}
 	if err := b.ApproveCertificateRequests(ctx, CertManagerNamespace, ExampleIssuer); err != nil {
 		return nil, err
@@ -89,10 +75,43 @@ func (b *Bed) InstallExample(ctx context.Context) (*Product, error) {
 	return p, nil
 }
 
+// ReapplyExample renders the bed's kustomization again with config.env's
+// values changed (KEY=value, merged into svid-csi-config, as an operator
+// edits config.env) and server-side applies it, as `kubectl apply
+// --server-side -k` does; none resets them to the install's. It returns what
+// was applied.
+func (b *Bed) ReapplyExample(ctx context.Context, config ...string) (*Product, error) {
+	return b.applyExample(ctx, config)
+}
+
+func (b *Bed) applyExample(ctx context.Context, config []string) (*Product, error) {
+	dir, err := b.writeKustomization(config)
+	if err != nil {
+		return nil, err
+	}
+	r, err := Render(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Product{Kustomization: dir, Objects: r.Objects}
+	if err := os.WriteFile(filepath.Join(dir, "rendered.yaml"), r.YAML, 0o644); err != nil {
+		return nil, fmt.Errorf("write the rendered manifests: %w", err)
+	}
+	a, err := b.NewApplier(productFieldOwner)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.ApplyAll(ctx, r.Objects); err != nil {
+		return nil, fmt.Errorf("apply %s: %w", dir, err)
+	}
+	return p, nil
+}
+
 // writeKustomization writes the bed's own kustomization, whose values (the
-// kubelet's root, the API server's port) only the running bed knows. Paths
-// are relative: kustomize refuses absolute ones.
-func (b *Bed) writeKustomization() (string, error) {
+// kubelet's root, the API server's port) only the running bed knows, with
+// config's KEY=value pairs merged into svid-csi-config last. Paths are
+// relative: kustomize refuses absolute ones.
+func (b *Bed) writeKustomization(config []string) (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
@@ -124,15 +143,16 @@ configMapGenerator:
     namespace: %[4]s
     behavior: merge
     literals:
-      - KUBELET_ROOT_DIR=%[5]s
-      - CERTIFICATE_REQUEST_DURATION=%[8]s
-  - name: svid-csi-testbed
+%[5]s  - name: svid-csi-testbed
     namespace: %[4]s
     literals:
       - KUBERNETES_SERVICE_HOST=127.0.0.1
       - KUBERNETES_SERVICE_PORT=%[6]d
       - DATA_ROOT=%[7]s
-`, paths[0], paths[1], paths[2], CertManagerNamespace, b.Node.KubeletRootDir, b.apiPort, b.Node.DataRoot(), ExampleCertificateDuration)
+`, paths[0], paths[1], paths[2], CertManagerNamespace,
+		configLiterals(append([]string{"KUBELET_ROOT_DIR=" + b.Node.KubeletRootDir,
+			"CERTIFICATE_REQUEST_DURATION=" + ExampleCertificateDuration.String()}, config...)),
+		b.apiPort, b.Node.DataRoot())
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return "", fmt.Errorf("write %s/kustomization.yaml: %w", dir, err)
 	}
@@ -258,4 +278,23 @@ func pollUntil(ctx context.Context, timeout time.Duration, what string, check fu
 		case <-tick.C:
 		}
 	}
+}
+
+// configLiterals lists KEY=value pairs as the literals of a generator, one
+// per key (a later pair wins), in the order the keys first appear.
+func configLiterals(pairs []string) string {
+	var keys []string
+	values := map[string]string{}
+	for _, p := range pairs {
+		k, v, _ := strings.Cut(p, "=")
+		if _, seen := values[k]; !seen {
+			keys = append(keys, k)
+		}
+		values[k] = v
+	}
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "      - %s=%s\n", k, values[k])
+	}
+	return b.String()
 }

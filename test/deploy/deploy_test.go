@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -95,6 +97,7 @@ func TestEveryTarget(t *testing.T) {
 			t.Run("approver args", func(t *testing.T) { checkArgs(t, objs, &dep.Spec.Template.Spec, approverFlags) })
 			t.Run("DaemonSet", func(t *testing.T) { checkDaemonSet(t, ds) })
 			t.Run("Deployment", func(t *testing.T) { checkDeployment(t, dep) })
+			t.Run("live config", func(t *testing.T) { checkLiveConfig(t, objs, ds, dep) })
 			t.Run("runtime issuer", func(t *testing.T) { checkRuntimeIssuer(t, objs, ds, dep) })
 			t.Run("signers", func(t *testing.T) { checkSigners(t, objs) })
 			t.Run("CA bundle", func(t *testing.T) { checkCABundle(t, ds) })
@@ -338,8 +341,13 @@ func checkRuntimeIssuer(t *testing.T, objs []*unstructured.Unstructured, ds *app
 	}
 	if !dok {
 		for _, sa := range []string{driverName, approverName} {
-			if names := readableConfigMaps(t, objs, sa); len(names) > 0 {
-				t.Errorf("ServiceAccount %s may read ConfigMaps %v without a runtime issuer", sa, names)
+			if names := readableConfigMaps(t, objs, sa); !slices.Equal(names, []string{configName}) {
+				t.Errorf("ServiceAccount %s may read ConfigMaps %v without a runtime issuer, want exactly [%s]", sa, names, configName)
+			}
+		}
+		for _, m := range []metav1.ObjectMeta{ds.Spec.Template.ObjectMeta, dep.Spec.Template.ObjectMeta} {
+			if v, ok := m.Annotations[runtimeAnnotation]; ok {
+				t.Errorf("pod template annotated %s=%s without a runtime issuer", runtimeAnnotation, v)
 			}
 		}
 		return
@@ -359,12 +367,46 @@ func checkRuntimeIssuer(t *testing.T, objs []*unstructured.Unstructured, ds *app
 	if isRendered(objs, "ConfigMap", name) {
 		t.Errorf("renders ConfigMap %s: the runtime issuer ConfigMap is the operator's (apply and self-heal would undo its edits, prune would delete it)", name)
 	}
+	want := []string{name, configName}
+	slices.Sort(want)
 	for _, sa := range []string{driverName, approverName} {
 		if !roleAllows(t, objs, sa, "configmaps", name, "get", "list", "watch") {
 			t.Errorf("ServiceAccount %s may not get/list/watch ConfigMap %s", sa, name)
 		}
-		if names := readableConfigMaps(t, objs, sa); !slices.Equal(names, []string{name}) {
-			t.Errorf("ServiceAccount %s may read ConfigMaps %v, want exactly [%s]", sa, names, name)
+		if names := readableConfigMaps(t, objs, sa); !slices.Equal(names, want) {
+			t.Errorf("ServiceAccount %s may read ConfigMaps %v, want exactly %v", sa, names, want)
+		}
+	}
+	// The binaries read the name at start only: it is in the pod templates,
+	// so renaming it rolls them.
+	for _, m := range []metav1.ObjectMeta{ds.Spec.Template.ObjectMeta, dep.Spec.Template.ObjectMeta} {
+		if got := m.Annotations[runtimeAnnotation]; got != name {
+			t.Errorf("pod template annotation %s=%q, want %q (RUNTIME_ISSUANCE_CONFIGMAP)", runtimeAnnotation, got, name)
+		}
+	}
+}
+
+// configName is the shared configuration ConfigMap: not hashed, read live.
+const configName = "svid-csi-config"
+
+// runtimeAnnotation on both pod templates carries RUNTIME_ISSUANCE_CONFIGMAP.
+const runtimeAnnotation = "svid-csi.io/runtime-issuance-configmap"
+
+// Both binaries follow svid-csi-config live: it is rendered under its own
+// name (no hash), both get --config-configmap naming it in their namespace,
+// and both ServiceAccounts may get/list/watch it.
+func checkLiveConfig(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.DaemonSet, dep *appsv1.Deployment) {
+	if !isRendered(objs, "ConfigMap", configName) {
+		t.Fatalf("ConfigMap %s not rendered under its own name", configName)
+	}
+	for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
+		if got, _ := flagValue(expandArgs(t, objs, c), "config-configmap"); got != namespace+"/"+configName {
+			t.Errorf("%s: --config-configmap resolves to %q, want %s/%s", c.Name, got, namespace, configName)
+		}
+	}
+	for _, sa := range []string{driverName, approverName} {
+		if !roleAllows(t, objs, sa, "configmaps", configName, "get", "list", "watch") {
+			t.Errorf("ServiceAccount %s may not get/list/watch ConfigMap %s", sa, configName)
 		}
 	}
 }
@@ -400,13 +442,12 @@ func readableConfigMaps(t *testing.T, objs []*unstructured.Unstructured, sa stri
 	return slices.Compact(names)
 }
 
-// renderedConfig returns the data of the rendered svid-csi-config (its name
-// carries a hash).
+// renderedConfig returns the data of the rendered svid-csi-config.
 func renderedConfig(t testing.TB, objs []*unstructured.Unstructured) map[string]string {
 	t.Helper()
 	var found *corev1.ConfigMap
 	for _, u := range find(objs, "ConfigMap") {
-		if strings.HasPrefix(u.GetName(), "svid-csi-config-") {
+		if strings.HasPrefix(u.GetName(), configName) {
 			if found != nil {
 				t.Fatalf("two svid-csi-config ConfigMaps rendered: %s and %s", found.Name, u.GetName())
 			}
@@ -415,6 +456,9 @@ func renderedConfig(t testing.TB, objs []*unstructured.Unstructured) map[string]
 	}
 	if found == nil {
 		t.Fatal("no svid-csi-config ConfigMap rendered")
+	}
+	if found.Name != configName {
+		t.Fatalf("svid-csi-config rendered as %s: a hashed name would roll every pod on each edit, and the binaries watch %s", found.Name, configName)
 	}
 	return found.Data
 }
@@ -560,48 +604,36 @@ func isRendered(objs []*unstructured.Unstructured, kind, name string) bool {
 	return false
 }
 
-// A changed config.env renames the hashed ConfigMap and both workloads follow:
-// editing per-cluster values rolls the pods.
-func TestConfigChangeRollsPods(t *testing.T) {
-	base := render(t, "../../kustomize").objects
-	baseCM := find(base, "ConfigMap")[0].GetName()
-
-	// The base copied into an in-memory file system, with an overlay beside it.
-	fs := filesys.MakeFsInMemory()
-	entries, err := os.ReadDir("../../kustomize")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join("../../kustomize", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := fs.WriteFile("/kustomize/"+e.Name(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kust := "resources:\n- ../kustomize\nconfigMapGenerator:\n- name: svid-csi-config\n  namespace: cert-manager\n  behavior: merge\n  literals:\n  - TRUST_DOMAIN=example.org\n"
-	if err := fs.WriteFile("/overlay/kustomization.yaml", []byte(kust)); err != nil {
-		t.Fatal(err)
-	}
-	objs := renderFS(t, fs, "/overlay").objects
-	var cm *corev1.ConfigMap
-	for _, u := range find(objs, "ConfigMap") {
-		if strings.HasPrefix(u.GetName(), "svid-csi-config-") {
-			cm = convert[corev1.ConfigMap](t, u)
-		}
-	}
-	if cm == nil || cm.Name == baseCM || cm.Data["TRUST_DOMAIN"] != "example.org" {
-		t.Fatalf("merged ConfigMap %+v: want a new name (was %s) with TRUST_DOMAIN=example.org", cm, baseCM)
-	}
-	ds, dep := workloads(t, objs)
-	for _, c := range []corev1.Container{ds.Spec.Template.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]} {
-		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.ValueFrom.ConfigMapKeyRef.Name != cm.Name {
-				t.Errorf("%s: env %s reads ConfigMap %s, want %s", c.Name, e.Name, e.ValueFrom.ConfigMapKeyRef.Name, cm.Name)
+// A changed config.env changes svid-csi-config in place and no pod
+// template: both binaries read its values live, so nothing rolls (and no
+// request is denied while a rollout would spread). Renaming the runtime
+// issuer ConfigMap, which the binaries read at start only, rolls both.
+func TestConfigChangeRollsNoPod(t *testing.T) {
+	ds0, dep0 := workloads(t, render(t, "../../overlays/example").objects)
+	for name, c := range map[string]struct {
+		literals []string
+		rolls    bool
+	}{
+		"trust domain and duration": {[]string{"TRUST_DOMAIN=example.org", "CERTIFICATE_REQUEST_DURATION=2h"}, false},
+		"issuer":                    {[]string{"ISSUER_NAME=other-ca", "ISSUER_RESOURCE=clusterissuers.cert-manager.io"}, false},
+		"runtime ConfigMap name":    {[]string{"RUNTIME_ISSUANCE_CONFIGMAP=renamed"}, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			objs := render(t, scratchOverlay(t, userOverlay("overlays/example", []string{"config-rbac"}, c.literals...))).objects
+			data := renderedConfig(t, objs)
+			for _, l := range c.literals {
+				k, v, _ := strings.Cut(l, "=")
+				if data[k] != v {
+					t.Errorf("svid-csi-config %s=%q, want %q", k, data[k], v)
+				}
 			}
-		}
+			ds, dep := workloads(t, objs)
+			same := equality.Semantic.DeepEqual(ds.Spec.Template, ds0.Spec.Template) &&
+				equality.Semantic.DeepEqual(dep.Spec.Template, dep0.Spec.Template)
+			if same == c.rolls {
+				t.Errorf("pod templates unchanged = %v, want %v", same, !c.rolls)
+			}
+		})
 	}
 }
 

@@ -4,11 +4,10 @@ package driver
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svid-csi/svid-csi/driver/volume"
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
@@ -103,7 +102,7 @@ func TestRuntimeIssuer(t *testing.T) {
 		t.Helper()
 		at := n.logSize()
 		runtimeConfigMap(t, ctx, cm, data)
-		n.waitLogLine(at, "Active issuer changed", want)
+		n.waitLogLine(at, "Active settings changed", want)
 	}
 	switchTo(clusterIssuer(secondIssuer), secondIssuer)
 	n.publishChainsTo(t, ctx, ns, "second", secondCA)
@@ -116,9 +115,9 @@ func TestRuntimeIssuer(t *testing.T) {
 	invalid := clusterIssuer(secondIssuer)
 	delete(invalid, "issuer-group")
 	runtimeConfigMap(t, ctx, cm, invalid)
-	n.waitLogLine(at, "Runtime issuance ConfigMap is invalid", "issuer-group")
+	n.waitLogLine(at, "ConfigMap is invalid", "issuer-group")
 	n.publishChainsTo(t, ctx, ns, "invalid", secondCA) // the last valid issuer stays
-	waitConfigMapEvent(t, ctx, cm, issuer.EventInvalid, "issuer-group")
+	waitConfigMapEvent(t, ctx, cm, settings.EventInvalid, "issuer-group")
 
 	switchTo(nil, testbed.ClusterIssuerName)
 	n.publishChainsTo(t, ctx, ns, "deleted", bed.IssuerCAPEM)
@@ -194,8 +193,8 @@ func TestNoIssuerSaysHowToConfigure(t *testing.T) {
 	ns := newTenant(t, "noissuer")
 	v := n.pod(t, ns, "web", nil, nil)
 	err := n.kubelet.Publish(ctx, v)
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), issuer.ErrNoIssuer.Error()) {
-		t.Fatalf("publish = %v, want FailedPrecondition with %q", err, issuer.ErrNoIssuer)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), settings.ErrNoIssuer.Error()) {
+		t.Fatalf("publish = %v, want FailedPrecondition with %q", err, settings.ErrNoIssuer)
 	}
 	if requestsIn(t, ns) != 0 {
 		t.Fatal("a request was created without an issuer")
@@ -269,61 +268,14 @@ func TestIssuerSwitchMidTraffic(t *testing.T) {
 	n := startNode(t, "traffic", nodeOpts{runtimeConfigMap: cm})
 	ns := newTenant(t, "traffic")
 
-	stop := make(chan struct{})
-	var (
-		mu        sync.Mutex
-		published int
-		byCA      = map[string]int{}
-		failures  []string
-		wg        sync.WaitGroup
-	)
-	fail := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		failures = append(failures, fmt.Sprintf(format, args...))
-	}
-	for w := range 4 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				// Not n.pod: t.Fatal is for the test's own goroutine.
-				v, err := n.kubelet.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("w%d-%d", w, i), ServiceAccount: "app", ReadOnly: true})
-				if err != nil {
-					fail("create pod: %v", err)
-					return
-				}
-				if err := n.kubelet.Publish(ctx, v); err != nil {
-					fail("publish %s: %v", v.Pod.Name, err)
-					return
-				}
-				chain, err := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
-				if err != nil {
-					fail("pod %s: %v", v.Pod.Name, err)
-				}
-				from := ""
-				for name, ca := range map[string][]byte{testbed.ClusterIssuerName: bed.IssuerCAPEM, secondIssuer: secondCA} {
-					if _, err := testbed.VerifySVIDTo(ca, chain, "spiffe://cluster.local/ns/"+ns+"/sa/app"); err == nil {
-						from = name
-					}
-				}
-				if from == "" {
-					fail("pod %s: the certificate chains to neither CA", v.Pod.Name)
-				}
-				if err := n.kubelet.DeletePod(ctx, v); err != nil {
-					fail("delete %s: %v", v.Pod.Name, err)
-					return
-				}
-				mu.Lock()
-				published++
-				byCA[from]++
-				mu.Unlock()
+	tr := startTraffic(ctx, n, ns, func(chain []byte) (string, error) {
+		for name, ca := range map[string][]byte{testbed.ClusterIssuerName: bed.IssuerCAPEM, secondIssuer: secondCA} {
+			if _, err := testbed.VerifySVIDTo(ca, chain, "spiffe://cluster.local/ns/"+ns+"/sa/app"); err == nil {
+				return name, nil
 			}
-		})
-	}
+		}
+		return "", errors.New("the certificate chains to neither CA")
+	})
 	const switches = 12
 	for i := range switches {
 		time.Sleep(400 * time.Millisecond)
@@ -334,11 +286,7 @@ func TestIssuerSwitchMidTraffic(t *testing.T) {
 		runtimeConfigMap(t, ctx, cm, clusterIssuer(to))
 	}
 	time.Sleep(400 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	for _, f := range failures {
-		t.Error(f)
-	}
+	published, byCA := tr.stop(t)
 	t.Logf("%d pods published across %d issuer switches: %v by issuer", published, switches, byCA)
 	if published < 4*switches || byCA[testbed.ClusterIssuerName] == 0 || byCA[secondIssuer] == 0 {
 		t.Errorf("%d publishes (%v by issuer) during %d switches: not traffic through the switches", published, byCA, switches)
@@ -401,7 +349,7 @@ func TestTrustDuringIssuerSwitch(t *testing.T) {
 	// 2. The switch: new pods get the second CA's certificates.
 	at := n.logSize()
 	runtimeConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
-	n.waitLogLine(at, "Active issuer changed", secondIssuer)
+	n.waitLogLine(at, "Active settings changed", secondIssuer)
 	fresh := publish("new")
 	if _, err := testbed.VerifySVIDTo(secondCA, read(fresh, "tls.crt"), id); err != nil {
 		t.Fatalf("the new pod's certificate: %v", err)

@@ -111,6 +111,10 @@ type nodeOpts struct {
 	runtimeConfigMap string
 	// noFlagsIssuer leaves out --issuer-name: no issuer but the ConfigMap's.
 	noFlagsIssuer bool
+	// configConfigMap names a shared configuration ConfigMap in
+	// cert-manager's namespace that both binaries follow (--config-configmap),
+	// and may read.
+	configConfigMap string
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -156,12 +160,15 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	if !o.noFlagsIssuer {
 		shared = append(shared, "--issuer-name="+testbed.ClusterIssuerName, "--issuer-kind=ClusterIssuer")
 	}
-	if o.runtimeConfigMap != "" {
-		shared = append(shared, "--runtime-issuance-configmap="+testbed.CertManagerNamespace+"/"+o.runtimeConfigMap)
+	for flag, cm := range map[string]string{"runtime-issuance-configmap": o.runtimeConfigMap, "config-configmap": o.configConfigMap} {
+		if cm == "" {
+			continue
+		}
+		shared = append(shared, "--"+flag+"="+testbed.CertManagerNamespace+"/"+cm)
 		read := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
-			ResourceNames: []string{o.runtimeConfigMap}, Verbs: []string{"get", "list", "watch"}}}
+			ResourceNames: []string{cm}, Verbs: []string{"get", "list", "watch"}}}
 		for _, sa := range []string{"svid-csi-driver", testbed.ApproverName} {
-			if err := bed.Grant(ctx, testbed.CertManagerNamespace, o.runtimeConfigMap+"-"+sa, testbed.CertManagerNamespace, sa, read); err != nil {
+			if err := bed.Grant(ctx, testbed.CertManagerNamespace, cm+"-"+sa, testbed.CertManagerNamespace, sa, read); err != nil {
 				t.Fatal(err)
 			}
 		}

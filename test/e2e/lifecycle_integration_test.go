@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,11 +129,13 @@ func TestDeniedRequestInPodEvents(t *testing.T) {
 }
 
 // setDriverDuration gives the driver a literal --certificate-request-duration
-// (empty: back to the shipped ConfigMap's) and waits for the rollout.
+// and no --config-configmap, so that it no longer follows svid-csi-config
+// (empty: back to the shipped env and args), and waits for the rollout.
 func setDriverDuration(ctx context.Context, t *testing.T, d string) {
 	t.Helper()
 	const env = "CERTIFICATE_REQUEST_DURATION"
 	var shipped *corev1.EnvVarSource
+	var shippedArgs []string
 	for _, o := range product.Objects {
 		if o.GetKind() != "DaemonSet" {
 			continue
@@ -146,12 +149,17 @@ func setDriverDuration(ctx context.Context, t *testing.T, d string) {
 				shipped = e.ValueFrom
 			}
 		}
+		shippedArgs = ds.Spec.Template.Spec.Containers[0].Args
 	}
 	if shipped == nil {
 		t.Fatalf("the rendered DaemonSet has no env %s from a ConfigMap", env)
 	}
 	updateDaemonSet(ctx, t, func(ds *appsv1.DaemonSet) {
 		c := &ds.Spec.Template.Spec.Containers[0]
+		c.Args = slices.Clone(shippedArgs)
+		if d != "" {
+			c.Args = slices.DeleteFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--config-configmap=") })
+		}
 		for i := range c.Env {
 			if c.Env[i].Name == env {
 				if d == "" {

@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/svid-csi/svid-csi/internal/issuer"
+	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
@@ -56,21 +56,21 @@ func TestRuntimeIssuerOnTheNode(t *testing.T) {
 	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitDriverLog(ctx, t, since, "Active issuer changed", second)
+	waitDriverLog(ctx, t, since, "Active settings changed", second)
 	chainsTo(ctx, t, createPod(ctx, t, ns, "second", svidPodSpec(nil, nil)), secondCA)
 
 	delete(cm.Data, "issuer-kind")
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitEvent(ctx, t, testbed.CertManagerNamespace, runtimeConfigMap, issuer.EventInvalid, "issuer-kind")
+	waitEvent(ctx, t, testbed.CertManagerNamespace, runtimeConfigMap, settings.EventInvalid, "issuer-kind")
 	chainsTo(ctx, t, createPod(ctx, t, ns, "invalid", svidPodSpec(nil, nil)), secondCA)
 
 	since = metav1.Now()
 	if err := cms.Delete(ctx, runtimeConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitDriverLog(ctx, t, since, "Active issuer changed", testbed.ExampleIssuer)
+	waitDriverLog(ctx, t, since, "Active settings changed", testbed.ExampleIssuer)
 	chainsTo(ctx, t, createPod(ctx, t, ns, "reverted", svidPodSpec(nil, nil)), product.CAPEM)
 
 	denied, err := bed.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=Denied"})

@@ -1,4 +1,4 @@
-package issuer
+package settings
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -23,7 +24,13 @@ var (
 	flagIssuer = cmmeta.IssuerReference{Name: "flag-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
 	cmIssuer   = cmmeta.IssuerReference{Name: "runtime-ca", Kind: "Issuer", Group: "example.io"}
 	cmName     = types.NamespacedName{Namespace: "cert-manager", Name: "svid-csi-issuer"}
+	flagTD     = spiffeid.RequireTrustDomainFromString("cluster.local")
 )
+
+// withIssuer is the flags' settings with ref as their issuer.
+func withIssuer(ref cmmeta.IssuerReference) Settings {
+	return Settings{TrustDomain: flagTD, Duration: time.Hour, Issuer: ref}
+}
 
 func configMap(data map[string]string) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
@@ -40,9 +47,9 @@ func validData() map[string]string {
 func start(t *testing.T, flags cmmeta.IssuerReference, withCM bool, objs ...runtime.Object) (*Tracker, *fake.Clientset) {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	opts := Options{Flags: flags, Client: client}
+	opts := Options{Flags: withIssuer(flags), Client: client}
 	if withCM {
-		opts.ConfigMap = cmName
+		opts.IssuerConfigMap = cmName
 	}
 	return startWith(t, opts), client
 }
@@ -76,7 +83,8 @@ func wantCurrent(t *testing.T, tr *Tracker, want cmmeta.IssuerReference, wantOK 
 	var ok bool
 	err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, 5*time.Second, true,
 		func(context.Context) (bool, error) {
-			got, ok = tr.Current()
+			cur := tr.Current()
+			got, ok = cur.Issuer, cur.HasIssuer()
 			return got == want && ok == wantOK, nil
 		})
 	if err != nil {
@@ -117,7 +125,12 @@ func waitInvalid(t *testing.T, tr *Tracker, want string) {
 		func(context.Context) (bool, error) {
 			tr.mu.RLock()
 			defer tr.mu.RUnlock()
-			return strings.Contains(tr.invalid, want), nil
+			for _, s := range tr.sources {
+				if strings.Contains(s.invalid, want) {
+					return true, nil
+				}
+			}
+			return false, nil
 		})
 	if err != nil {
 		t.Fatalf("the tracker never saw the ConfigMap invalid (%q)", want)
@@ -187,7 +200,7 @@ func TestOtherConfigMapsAreIgnored(t *testing.T) {
 }
 
 func TestNewRejectsFlagIssuerWithoutKind(t *testing.T) {
-	_, err := New(Options{Flags: cmmeta.IssuerReference{Name: "ca", Group: "cert-manager.io"}})
+	_, err := New(Options{Flags: withIssuer(cmmeta.IssuerReference{Name: "ca", Group: "cert-manager.io"})})
 	if err == nil {
 		t.Fatal("New accepted an issuer without a kind")
 	}
@@ -221,24 +234,49 @@ func TestParseConfigMap(t *testing.T) {
 	}
 }
 
+// A bad value in either ConfigMap is a KeyError naming its key, which
+// quotes the value bounded.
 func TestInvalidValues(t *testing.T) {
-	for name, c := range map[string]struct{ key, value string }{
-		"name with a slash":    {keyName, "a/b"},
-		"upper-case name":      {keyName, "CA"},
-		"kind with a dot":      {keyKind, "Cluster.Issuer"},
-		"kind from a digit":    {keyKind, "1Issuer"},
-		"kind with a newline":  {keyKind, "Issuer\n"},
-		"group with a space":   {keyGroup, "cert manager.io"},
-		"a very long name":     {keyName, strings.Repeat("a", 300)},
-		"control in the group": {keyGroup, "cert-manager.io\x1b[31m"},
+	runtimeCM := func(data map[string]string) error {
+		_, err := fromRuntimeConfigMap(configMap(data), Settings{})
+		return err
+	}
+	configCM := func(data map[string]string) error {
+		_, err := fromConfigConfigMap(configConfigMap(data), withIssuer(flagIssuer))
+		return err
+	}
+	for name, c := range map[string]struct {
+		base       func() map[string]string
+		parse      func(map[string]string) error
+		key, value string
+	}{
+		"name with a slash":            {validData, runtimeCM, keyName, "a/b"},
+		"upper-case name":              {validData, runtimeCM, keyName, "CA"},
+		"kind with a dot":              {validData, runtimeCM, keyKind, "Cluster.Issuer"},
+		"kind from a digit":            {validData, runtimeCM, keyKind, "1Issuer"},
+		"kind with a newline":          {validData, runtimeCM, keyKind, "Issuer\n"},
+		"group with a space":           {validData, runtimeCM, keyGroup, "cert manager.io"},
+		"a very long name":             {validData, runtimeCM, keyName, strings.Repeat("a", 300)},
+		"control in the group":         {validData, runtimeCM, keyGroup, "cert-manager.io\x1b[31m"},
+		"a trust domain with a scheme": {shippedConfig, configCM, KeyTrustDomain, "spiffe://cluster.local"},
+		"a trust domain with a path":   {shippedConfig, configCM, KeyTrustDomain, "cluster.local/ns"},
+		"an upper-case trust domain":   {shippedConfig, configCM, KeyTrustDomain, "Cluster.local"},
+		"a long trust domain":          {shippedConfig, configCM, KeyTrustDomain, strings.Repeat("a", 300) + "/"},
+		"a duration without a unit":    {shippedConfig, configCM, KeyDuration, "3600"},
+		"a negative duration":          {shippedConfig, configCM, KeyDuration, "-1h"},
+		"a zero duration":              {shippedConfig, configCM, KeyDuration, "0s"},
+		"an escape in the duration":    {shippedConfig, configCM, KeyDuration, "1h\x1b[31m"},
+		"ISSUER_NAME with a slash":     {shippedConfig, configCM, KeyIssuerName, "a/b"},
+		"ISSUER_KIND with a dot":       {shippedConfig, configCM, KeyIssuerKind, "Cluster.Issuer"},
+		"ISSUER_GROUP with a space":    {shippedConfig, configCM, KeyIssuerGroup, "cert manager.io"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			data := validData()
+			data := c.base()
 			data[c.key] = c.value
-			_, err := fromConfigMap(configMap(data))
+			err := c.parse(data)
 			var ke *KeyError
 			if !errors.As(err, &ke) || ke.Key != c.key {
-				t.Fatalf("fromConfigMap = %v, want a KeyError for %s", err, c.key)
+				t.Fatalf("parse = %v, want a KeyError for %s", err, c.key)
 			}
 			if strings.ContainsAny(err.Error(), "\n\x1b") || len(err.Error()) > 400 {
 				t.Errorf("error %q echoes the value raw or unbounded", err)
@@ -256,7 +294,7 @@ func TestInvalidConfigMapRecordedOnce(t *testing.T) {
 	ctx := t.Context()
 	client := fake.NewClientset(configMap(validData()))
 	rec := record.NewFakeRecorder(10)
-	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Recorder: rec})
+	tr := startWith(t, Options{Flags: withIssuer(flagIssuer), IssuerConfigMap: cmName, Client: client, Recorder: rec})
 	wantCurrent(t, tr, cmIssuer, true)
 	cms := client.CoreV1().ConfigMaps(cmName.Namespace)
 
@@ -319,7 +357,7 @@ func TestChangedIsClosedOnSwitch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Changed not closed after the switch")
 	}
-	if ref, _ := tr.Current(); ref != cmIssuer {
+	if ref := tr.Current().Issuer; ref != cmIssuer {
 		t.Fatalf("Current = %+v after Changed, want %+v", ref, cmIssuer)
 	}
 	if tr.Changed() == ch {
@@ -336,9 +374,9 @@ func TestPreviousIssuerWindow(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	client := fake.NewClientset()
-	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Now: clock})
+	tr := startWith(t, Options{Flags: withIssuer(flagIssuer), IssuerConfigMap: cmName, Client: client, Now: clock})
 	wantCurrent(t, tr, flagIssuer, true)
-	if _, ok := tr.Previous(clock()); ok {
+	if prev := tr.Previous(clock()); len(prev) > 0 {
 		t.Fatal("Previous before any switch")
 	}
 
@@ -347,17 +385,17 @@ func TestPreviousIssuerWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantCurrent(t, tr, cmIssuer, true)
-	if ref, ok := tr.Previous(switched.Add(-time.Minute)); !ok || ref != flagIssuer {
-		t.Errorf("Previous(before the switch) = %+v, %v; want the flags' issuer", ref, ok)
+	if prev := tr.Previous(switched.Add(-time.Minute)); len(prev) != 1 || prev[0].Issuer != flagIssuer {
+		t.Errorf("Previous(before the switch) = %+v; want the flags' issuer", prev)
 	}
-	if ref, ok := tr.Previous(switched.Add(PreviousSkew)); !ok || ref != flagIssuer {
-		t.Errorf("Previous(within the skew) = %+v, %v; want the flags' issuer", ref, ok)
+	if prev := tr.Previous(switched.Add(PreviousSkew)); len(prev) != 1 || prev[0].Issuer != flagIssuer {
+		t.Errorf("Previous(within the skew) = %+v; want the flags' issuer", prev)
 	}
-	if _, ok := tr.Previous(switched.Add(PreviousSkew + time.Second)); ok {
+	if prev := tr.Previous(switched.Add(PreviousSkew + time.Second)); len(prev) > 0 {
 		t.Error("Previous accepted a request made well after the switch")
 	}
 	advance(PreviousWindow + time.Second)
-	if _, ok := tr.Previous(switched); ok {
+	if prev := tr.Previous(switched); len(prev) > 0 {
 		t.Error("Previous accepted the old issuer after the window")
 	}
 }
@@ -369,15 +407,15 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	client := fake.NewClientset()
-	tr, err := New(Options{Flags: flagIssuer, ConfigMap: cmName, Client: client, Now: clock})
+	tr, err := New(Options{Flags: withIssuer(flagIssuer), IssuerConfigMap: cmName, Client: client, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
 	fresh := func(want cmmeta.IssuerReference) {
 		t.Helper()
-		if got, ok, err := tr.Fresh(ctx); err != nil || !ok || got != want {
-			t.Fatalf("Fresh = %+v, %v, %v; want %+v", got, ok, err, want)
+		if got, err := tr.Fresh(ctx); err != nil || got.Issuer != want {
+			t.Fatalf("Fresh = %+v, %v; want %+v", got, err, want)
 		}
 	}
 	fresh(flagIssuer) // not found: the flags
@@ -389,7 +427,7 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 	fresh(flagIssuer) // the answer of a second ago
 	advance(freshFor)
 	fresh(cmIssuer)
-	if ref, _ := tr.Current(); ref != flagIssuer {
+	if ref := tr.Current().Issuer; ref != flagIssuer {
 		t.Fatalf("Fresh changed Current to %+v", ref)
 	}
 
@@ -401,7 +439,7 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 	advance(freshFor)
 	// Invalid: no answer to deny on (which issuer each driver uses then
 	// depends on what it saw last).
-	if _, _, err := tr.Fresh(ctx); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), keyName) {
+	if _, err := tr.Fresh(ctx); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), keyName) {
 		t.Fatalf("Fresh = %v, want ErrInvalidConfigMap naming %s", err, keyName)
 	}
 }
@@ -411,8 +449,8 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 func TestStartIsNoSwitch(t *testing.T) {
 	tr, _ := start(t, flagIssuer, true, configMap(validData()))
 	wantCurrent(t, tr, cmIssuer, true)
-	if ref, ok := tr.Previous(time.Now().Add(-time.Hour)); ok {
-		t.Fatalf("Previous = %+v after start, want none", ref)
+	if prev := tr.Previous(time.Now().Add(-time.Hour)); len(prev) > 0 {
+		t.Fatalf("Previous = %+v after start, want none", prev)
 	}
 }
 
@@ -422,7 +460,7 @@ func TestRecordInvalidAgain(t *testing.T) {
 	bad := configMap(validData())
 	delete(bad.Data, keyName)
 	rec := record.NewFakeRecorder(10)
-	tr := startWith(t, Options{Flags: flagIssuer, ConfigMap: cmName, Client: fake.NewClientset(bad), Recorder: rec})
+	tr := startWith(t, Options{Flags: withIssuer(flagIssuer), IssuerConfigMap: cmName, Client: fake.NewClientset(bad), Recorder: rec})
 	select {
 	case <-rec.Events: // the first sight's
 	case <-time.After(5 * time.Second):
