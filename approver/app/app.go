@@ -103,8 +103,10 @@ func Run(ctx context.Context, cfg Completed) error {
 		return err
 	}
 
-	logger.Info("Starting", "trustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap, "driverName", cfg.DriverName,
-		"duration", cfg.CertificateRequestDuration, "leaderElection", cfg.LeaderElection)
+	// The settings in force are logged by the tracker once it has read the
+	// ConfigMaps; the flags are only where it starts.
+	logger.Info("Starting", "driverName", cfg.DriverName, "leaderElection", cfg.LeaderElection,
+		"flagTrustDomain", cfg.TrustDomain, "flagDuration", cfg.CertificateRequestDuration, "configConfigMap", cfg.ConfigConfigMap)
 	g := run.NewGroup(ctx)
 	g.Go("health server", health)
 	g.Go("metrics server", metricsServer)

@@ -35,8 +35,9 @@ type SettingsSource interface {
 	// Previous are the settings active before recent changes that a
 	// request created at created may still carry, newest first.
 	Previous(created time.Time) []settings.Settings
-	// Fresh are the active settings read from the API server, not a cache.
-	Fresh(ctx context.Context) (settings.Settings, error)
+	// Fresh are the active settings read from the API server, not a
+	// cache, by a read started at notBefore or later.
+	Fresh(ctx context.Context, notBefore time.Time) (settings.Settings, error)
 	HasSynced() bool
 }
 

@@ -529,29 +529,36 @@ type switching struct {
 	prevUntil           time.Time // requests created up to then may name prev
 	freshErr            error
 	freshCalls          int
-	// Durations, when set, replace the hour of the tests' settings.
+	// Durations and trust domains, when set, replace the hour and
+	// cluster.local of the tests' settings.
 	activeDuration, prevDuration, freshDuration time.Duration
+	activeTD, prevTD, freshTD                   string
 }
 
-func (s *switching) settings(ref cmmeta.IssuerReference, d time.Duration) settings.Settings {
+func (s *switching) settings(ref cmmeta.IssuerReference, d time.Duration, td string) settings.Settings {
 	st := withIssuer(ref)
 	if d != 0 {
 		st.Duration = d
 	}
+	if td != "" {
+		st.TrustDomain = spiffeid.RequireTrustDomainFromString(td)
+	}
 	return st
 }
 
-func (s *switching) Current() settings.Settings { return s.settings(s.active, s.activeDuration) }
-func (s *switching) HasSynced() bool            { return true }
+func (s *switching) Current() settings.Settings {
+	return s.settings(s.active, s.activeDuration, s.activeTD)
+}
+func (s *switching) HasSynced() bool { return true }
 func (s *switching) Previous(created time.Time) []settings.Settings {
 	if s.prev.Name == "" || created.After(s.prevUntil) {
 		return nil
 	}
-	return []settings.Settings{s.settings(s.prev, s.prevDuration)}
+	return []settings.Settings{s.settings(s.prev, s.prevDuration, s.prevTD)}
 }
-func (s *switching) Fresh(context.Context) (settings.Settings, error) {
+func (s *switching) Fresh(context.Context, time.Time) (settings.Settings, error) {
 	s.freshCalls++
-	return s.settings(s.fresh, s.freshDuration), s.freshErr
+	return s.settings(s.fresh, s.freshDuration, s.freshTD), s.freshErr
 }
 
 // During an issuer switch nothing is denied that a driver made in good
@@ -627,7 +634,7 @@ func TestSyncIssuerSwitch(t *testing.T) {
 // A change of the duration mid-traffic denies nothing a driver made in good
 // faith: the previous duration for requests made before the change, the
 // API server's for requests made before this approver saw it. Another
-// duration is denied, and so is a previous one paired with a wrong check.
+// duration is denied.
 func TestSyncDurationChange(t *testing.T) {
 	created := metav1.NewTime(decidedAt.Add(-time.Second))
 	changed := switching{active: flagIssuer, prev: flagIssuer, prevUntil: created.Time, fresh: flagIssuer,
@@ -650,28 +657,54 @@ func TestSyncDurationChange(t *testing.T) {
 			cr := request(t, "cr")
 			cr.CreationTimestamp = created
 			cr.Spec.Duration = &metav1.Duration{Duration: tc.duration}
-			src := tc.src
-			f := newFixtureWith(t, &src, cr)
-			if err := f.sync("cr"); err != nil {
-				t.Fatalf("sync: %v", err)
-			}
-			if src.freshCalls != tc.wantFresh {
-				t.Errorf("Fresh called %d times, want %d", src.freshCalls, tc.wantFresh)
-			}
-			if tc.approve {
-				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
-			} else {
-				f.expectDecision(cmapi.CertificateRequestConditionDenied, tc.wantMsg, "Warning Denied "+tc.wantMsg)
-			}
+			decideLive(t, cr, tc.src, tc.wantFresh, tc.approve, tc.wantMsg)
 		})
 	}
 }
 
-// A request that fails a check the settings do not govern is denied at once:
-// no previous or fresh settings are consulted.
+// A trust domain change likewise; and a request mixing values of two
+// settings (the previous duration with the new trust domain) passes under
+// neither, and is denied.
+func TestSyncTrustDomainChange(t *testing.T) {
+	created := metav1.NewTime(decidedAt.Add(-time.Second))
+	changed := switching{active: flagIssuer, prev: flagIssuer, prevUntil: created.Time, fresh: flagIssuer,
+		activeTD: "example.org", activeDuration: 2 * time.Hour, freshTD: "example.org", freshDuration: 2 * time.Hour}
+	behind := switching{active: flagIssuer, fresh: flagIssuer, freshTD: "example.org"}
+	for name, tc := range map[string]struct {
+		td        string
+		duration  time.Duration
+		src       switching
+		approve   bool
+		wantFresh int
+		wantMsg   string
+	}{
+		"the previous trust domain, made before the change": {td: "cluster.local", duration: time.Hour, src: changed, approve: true},
+		"the new trust domain, the watch behind":            {td: "example.org", duration: time.Hour, src: behind, approve: true, wantFresh: 1},
+		"the new trust domain with the previous duration": {td: "example.org", duration: time.Hour, src: changed, wantFresh: 1,
+			wantMsg: `spec.duration: exp="2h0m0s" got="1h0m0s"`},
+		"a trust domain never active": {td: "evil.org", duration: 2 * time.Hour, src: changed, wantFresh: 1,
+			wantMsg: `URI SAN trust domain: exp="example.org" got="evil.org"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			id := "spiffe://" + tc.td + "/ns/" + namespace + "/sa/" + saName
+			cr := request(t, "cr")
+			cr.CreationTimestamp = created
+			cr.Annotations[spiffe.IdentityAnnotation] = id
+			cr.Spec.Request = csrPEM(t, id)
+			cr.Spec.Duration = &metav1.Duration{Duration: tc.duration}
+			decideLive(t, cr, tc.src, tc.wantFresh, tc.approve, tc.wantMsg)
+		})
+	}
+}
+
+// A request that fails a check the settings do not govern is denied at once,
+// also when its issuer or duration differ too: no previous or fresh
+// settings are consulted, so junk costs no read.
 func TestSyncFixedCheckNeedsNoFreshRead(t *testing.T) {
 	cr := request(t, "cr")
 	cr.Spec.Usages = append(cr.Spec.Usages, cmapi.UsageCodeSigning)
+	cr.Spec.IssuerRef = cmmeta.IssuerReference{Name: "other-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
+	cr.Spec.Duration = &metav1.Duration{Duration: 9 * time.Hour}
 	src := switching{active: flagIssuer, prev: flagIssuer, prevUntil: decidedAt, fresh: flagIssuer}
 	f := newFixtureWith(t, &src, cr)
 	if err := f.sync("cr"); err != nil {
@@ -682,5 +715,23 @@ func TestSyncFixedCheckNeedsNoFreshRead(t *testing.T) {
 	}
 	if a := f.client.Actions(); len(a) != 1 {
 		t.Fatalf("actions = %v, want one status update", a)
+	}
+}
+
+// decideLive syncs cr against src and checks the decision (approved, or
+// denied with wantMsg) and the number of fresh reads it took.
+func decideLive(t *testing.T, cr *cmapi.CertificateRequest, src switching, wantFresh int, approve bool, wantMsg string) {
+	t.Helper()
+	f := newFixtureWith(t, &src, cr)
+	if err := f.sync("cr"); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if src.freshCalls != wantFresh {
+		t.Errorf("Fresh called %d times, want %d", src.freshCalls, wantFresh)
+	}
+	if approve {
+		f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
+	} else {
+		f.expectDecision(cmapi.CertificateRequestConditionDenied, wantMsg, "Warning Denied "+wantMsg)
 	}
 }

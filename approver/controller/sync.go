@@ -55,7 +55,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	if !active.HasIssuer() {
 		return fmt.Errorf("cannot check spec.issuerRef: %w", settings.ErrNoIssuer)
 	}
-	denial, err := c.evaluate(ctx, cr, active)
+	denial, err := c.evaluate(ctx, cr, active, c.now())
 	if err != nil {
 		return err
 	}
@@ -129,10 +129,24 @@ var live = map[string]bool{checks.CheckIssuer: true, checks.CheckDuration: true,
 // server holds now (the driver saw the change before this approver's watch
 // did), and approved if it passes all checks against either: a change
 // mid-traffic denies nothing. Anything else is denied against the active
-// settings. An error means the settings could not be confirmed: retry.
-func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest, active settings.Settings) (*checks.Denial, error) {
+// settings, and so is at once, without those further checks, a request that
+// would fail another check even with its own issuer and duration. An error
+// means the settings could not be confirmed: retry. seen is a time at which
+// the request is known to exist (it was in the cache).
+func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest, active settings.Settings, seen time.Time) (*checks.Denial, error) {
 	denial := checks.Evaluate(cr, policy(active))
 	if denial == nil || !live[denial.Check] {
+		return denial, nil
+	}
+	// The trust domain is checked last, once the rest of the identity is
+	// right: under its own issuer and duration, a request that fails
+	// anything but the trust domain fails under any settings.
+	own := policy(active)
+	own.Issuer = checks.Defaulted(cr.Spec.IssuerRef)
+	if cr.Spec.Duration != nil {
+		own.Duration = cr.Spec.Duration.Duration
+	}
+	if d := checks.Evaluate(cr, own); d != nil && d.Check != checks.CheckTrustDomain {
 		return denial, nil
 	}
 	logger := klog.FromContext(ctx)
@@ -145,7 +159,7 @@ func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest,
 	}
 	ctx, cancel := context.WithTimeout(ctx, freshTimeout)
 	defer cancel()
-	fresh, err := c.settings.Fresh(ctx)
+	fresh, err := c.settings.Fresh(ctx, seen)
 	if err != nil {
 		return nil, fmt.Errorf("confirm the active settings before denying on %s: %w", denial.Check, err)
 	}

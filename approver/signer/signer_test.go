@@ -3,7 +3,6 @@ package signer
 import (
 	"context"
 	"errors"
-	"github.com/svid-csi/svid-csi/internal/settings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,8 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/klog/v2/ktesting"
+
+	"github.com/svid-csi/svid-csi/internal/settings"
 )
 
 var (

@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 
 	logger.Info("Starting driver", "version", cfg.Version, "driver", cfg.DriverName, "node", cfg.NodeID,
-		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "trustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap)
+		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "flagTrustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap)
 	g := run.NewGroup(ctx)
 	g.Go("settings tracker", live.Run)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })

@@ -124,11 +124,36 @@ func TestConfigChangesAtRunTime(t *testing.T) {
 		t.Fatalf("Previous = %v; want [%v %v], newest first", prev, middle, before)
 	}
 
-	// Deleted: the flags' values.
+	// Deleted (a prune, a mistake): its last values stay, not the flags'.
+	// The pods no longer roll with it, so the flags of each may be of
+	// another time than the others'.
 	if err := cms.Delete(t.Context(), configName.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "the deletion seen", func() bool {
+		tr.mu.RLock()
+		defer tr.mu.RUnlock()
+		return tr.sources[0].gone
+	})
+	if got := tr.Current(); got != after {
+		t.Fatalf("Current = %v after the deletion, want the last values %v", got, after)
+	}
+	if got, err := tr.Fresh(t.Context(), time.Now()); err != nil || got != after {
+		t.Fatalf("Fresh = %v, %v after the deletion, want the last values %v", got, err, after)
+	}
+	// Created again: its values.
+	if _, err := cms.Create(t.Context(), configConfigMap(shippedConfig()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	waitSettings(t, tr, before)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, 5*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("never: %s", what)
+	}
 }
 
 // An invalid svid-csi-config keeps its last valid values (at start: the
@@ -183,7 +208,7 @@ func TestFreshReadsBothConfigMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := tr.Fresh(t.Context())
+	got, err := tr.Fresh(t.Context(), time.Now())
 	want := Settings{TrustDomain: flagTD, Duration: 2 * time.Hour, Issuer: cmIssuer}
 	if err != nil || got != want {
 		t.Fatalf("Fresh = %v, %v; want %v", got, err, want)
@@ -195,7 +220,7 @@ func TestFreshReadsBothConfigMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr2.Fresh(t.Context()); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), KeyDuration) {
+	if _, err := tr2.Fresh(t.Context(), time.Now()); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), KeyDuration) {
 		t.Fatalf("Fresh = %v, want ErrInvalidConfigMap naming %s", err, KeyDuration)
 	}
 }
@@ -226,7 +251,10 @@ func TestPreviousIsBounded(t *testing.T) {
 		waitSettings(t, tr, want)
 	}
 	prev := tr.Previous(time.Now())
-	if len(prev) != maxPrevious || prev[0].Duration != time.Duration(maxPrevious+4)*time.Hour {
-		t.Fatalf("Previous has %d, newest %v; want %d, newest %dh", len(prev), prev[0].Duration, maxPrevious, maxPrevious+4)
+	if len(prev) != maxPrevious {
+		t.Fatalf("Previous has %d, want %d", len(prev), maxPrevious)
+	}
+	if prev[0].Duration != time.Duration(maxPrevious+4)*time.Hour {
+		t.Fatalf("newest previous %v, want %dh", prev[0].Duration, maxPrevious+4)
 	}
 }

@@ -38,13 +38,13 @@ const (
 	maxPrevious    = 16
 )
 
-// freshFor is how long a fresh read of the ConfigMaps answers Fresh: a
-// flood of mismatching requests costs one GET a second, not one each.
-const freshFor = time.Second
+// readTimeout bounds one read of the ConfigMaps for Fresh.
+const readTimeout = 5 * time.Second
 
 // ErrNoIssuer is returned to callers when no issuer is active; its message
 // says how to configure one.
 var ErrNoIssuer = errors.New("no issuer is configured: set --issuer-name (with --issuer-kind and --issuer-group), " +
+	KeyIssuerName + " of the ConfigMap named by --config-configmap (svid-csi-config), " +
 	"or the keys " + keyName + ", " + keyKind + " and " + keyGroup + " of the ConfigMap named by --runtime-issuance-configmap")
 
 // ErrInvalidConfigMap is returned by Fresh when the API server's copy of a
@@ -94,9 +94,16 @@ type Tracker struct {
 	synced    atomic.Bool
 
 	freshMu  sync.Mutex
-	fresh    Settings
-	freshErr error
-	freshAt  time.Time
+	lastRead *freshRead // the latest read for Fresh, maybe still running
+}
+
+// freshRead is one read of the ConfigMaps, shared by every Fresh call that
+// may use it.
+type freshRead struct {
+	started time.Time
+	done    chan struct{} // closed when s and err are set
+	s       Settings
+	err     error
 }
 
 // period is settings that were active until a change replaced them.
@@ -115,9 +122,15 @@ type source struct {
 	informer cache.SharedIndexInformer
 	handler  cache.ResourceEventHandlerRegistration
 
+	// keep: a deleted one keeps its last valid values instead of leaving
+	// the flags' (svid-csi-config: the pods no longer roll with it, so
+	// the flags of each may be of another time).
+	keep bool
+
 	// Guarded by Tracker.mu.
 	layer   layer  // what its last valid content set
 	invalid string // what was wrong with it last time, logged once
+	gone    bool   // it was deleted and that was logged
 }
 
 // New returns a Tracker. Call Run to watch the ConfigMaps; until they have
@@ -138,7 +151,7 @@ func New(opts Options) (*Tracker, error) {
 	}
 	if opts.ConfigConfigMap.Name != "" {
 		t.sources = append(t.sources, &source{name: opts.ConfigConfigMap, what: "configuration",
-			reason: EventInvalidConfig, parse: fromConfigConfigMap,
+			reason: EventInvalidConfig, parse: fromConfigConfigMap, keep: true,
 			keys: "each of " + strings.Join([]string{KeyTrustDomain, KeyDuration, KeyIssuerName, KeyIssuerKind, KeyIssuerGroup}, ", ") +
 				" that is set must be valid"})
 	}
@@ -266,20 +279,34 @@ func (t *Tracker) Previous(created time.Time) []Settings {
 // returns the settings they make active (what Current returns once the
 // watches catch up). The approver asks it before denying a request whose
 // duration, trust domain or issuer differs: the driver may have seen a
-// change first. Answers, errors too, are reused for a second, so a flood of
-// such requests costs one read of each a second. Without ConfigMaps it is
-// Current.
-func (t *Tracker) Fresh(ctx context.Context) (Settings, error) {
+// change first. A read that started at notBefore or later is shared: pass
+// a time after which the request is known to exist (when it was taken from
+// the queue), so that the answer is at least as new as the request; callers
+// at the same moment share one read. Without ConfigMaps it is Current.
+func (t *Tracker) Fresh(ctx context.Context, notBefore time.Time) (Settings, error) {
 	if len(t.sources) == 0 {
 		return t.Current(), nil
 	}
 	t.freshMu.Lock()
-	defer t.freshMu.Unlock()
-	if t.freshAt.IsZero() || t.now().Sub(t.freshAt) >= freshFor {
-		t.fresh, t.freshErr = t.read(ctx)
-		t.freshAt = t.now()
+	r := t.lastRead
+	if r == nil || r.started.Before(notBefore) {
+		r = &freshRead{started: t.now(), done: make(chan struct{})}
+		t.lastRead = r
+		// Its own deadline: a caller that gives up leaves it to the others.
+		go func() {
+			defer close(r.done)
+			rctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+			defer cancel()
+			r.s, r.err = t.read(rctx)
+		}()
 	}
-	return t.fresh, t.freshErr
+	t.freshMu.Unlock()
+	select {
+	case <-r.done:
+		return r.s, r.err
+	case <-ctx.Done():
+		return Settings{}, fmt.Errorf("read the ConfigMaps: %w", ctx.Err())
+	}
 }
 
 // read gets each ConfigMap from the API server and evaluates them.
@@ -288,6 +315,11 @@ func (t *Tracker) read(ctx context.Context) (Settings, error) {
 	for _, s := range t.sources {
 		cm, err := t.client.CoreV1().ConfigMaps(s.name.Namespace).Get(ctx, s.name.Name, metav1.GetOptions{})
 		switch {
+		case apierrors.IsNotFound(err) && s.keep:
+			t.mu.RLock()
+			st = s.layer.over(st) // as refresh keeps it
+			t.mu.RUnlock()
+			continue
 		case apierrors.IsNotFound(err):
 			continue
 		case err != nil:
@@ -325,16 +357,24 @@ func (t *Tracker) refresh() {
 	first := !t.refreshed
 	st := t.flags
 	var problems []problem
+	var gone []*source
 	var from []string
 	for _, s := range t.sources {
-		cm, l, invalid := s.evaluate(t.flags)
+		cm, l, invalid, exists := s.evaluate(t.flags)
+		deleted := !exists && s.keep && !first
 		switch {
+		case deleted:
+			// keep its last valid layer
+			if !s.gone {
+				gone = append(gone, s)
+			}
 		case invalid == nil:
 			s.layer = l
 		case first:
 			s.layer = layer{} // invalid from the start: the flags' values
 		}
 		// else: invalid, keep its last valid layer
+		s.gone = deleted
 		if invalid == nil {
 			s.invalid = ""
 		} else if invalid.Error() != s.invalid {
@@ -364,6 +404,10 @@ func (t *Tracker) refresh() {
 	t.mu.Unlock()
 
 	logger := t.logger
+	for _, s := range gone {
+		logger.Error(nil, "ConfigMap deleted; keeping its last valid values (a pod that starts now needs it: recreate it, e.g. re-apply the overlay)",
+			"kind", s.what, "configmap", klog.KRef(s.name.Namespace, s.name.Name), "active", st.String())
+	}
 	for _, p := range problems {
 		logger.Error(p.invalid, "ConfigMap is invalid; keeping its last valid values", "kind", p.src.what,
 			"configmap", klog.KObj(p.cm), "active", st.String())
@@ -414,26 +458,26 @@ func (t *Tracker) RecordInvalid() {
 	t.refreshMu.Lock()
 	defer t.refreshMu.Unlock()
 	for _, s := range t.sources {
-		if cm, _, invalid := s.evaluate(t.flags); invalid != nil {
+		if cm, _, invalid, _ := s.evaluate(t.flags); invalid != nil {
 			t.recordInvalid(s, cm, invalid, t.Current())
 		}
 	}
 }
 
 // evaluate reads the ConfigMap from the informer's store: what it sets, or
-// what is wrong with it (then cm is the ConfigMap). An absent one sets
-// nothing.
-func (s *source) evaluate(flags Settings) (cm *corev1.ConfigMap, l layer, invalid error) {
+// what is wrong with it (then cm is the ConfigMap). An absent one (exists
+// false) sets nothing.
+func (s *source) evaluate(flags Settings) (cm *corev1.ConfigMap, l layer, invalid error, exists bool) {
 	obj, exists, err := s.informer.GetStore().GetByKey(s.name.String())
 	if err != nil || !exists {
-		return nil, layer{}, nil
+		return nil, layer{}, nil, false
 	}
 	cm, ok := obj.(*corev1.ConfigMap)
 	if !ok {
-		return nil, layer{}, nil
+		return nil, layer{}, nil, false
 	}
 	if l, err = s.parse(cm, flags); err != nil {
-		return cm, layer{}, err
+		return cm, layer{}, err, true
 	}
-	return cm, l, nil
+	return cm, l, nil, true
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2/ktesting"
 )
@@ -181,11 +182,16 @@ func TestConfigMapChangesAtRunTime(t *testing.T) {
 	waitInvalid(t, tr, "issuer-kind")
 	wantCurrent(t, tr, cmIssuer, true)
 
-	if _, err := cms.Update(t.Context(), configMap(validData()), metav1.UpdateOptions{}); err != nil {
+	// Valid again, naming another issuer: that one.
+	again := configMap(validData())
+	again.Data[keyName] = "runtime-ca-2"
+	if _, err := cms.Update(t.Context(), again, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	wantCurrent(t, tr, cmIssuer, true)
+	wantCurrent(t, tr, cmmeta.IssuerReference{Name: "runtime-ca-2", Kind: cmIssuer.Kind, Group: cmIssuer.Group}, true)
 
+	// The runtime ConfigMap, unlike svid-csi-config, is the operator's to
+	// delete: deleted means the flags' issuer.
 	if err := cms.Delete(t.Context(), cmName.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +213,7 @@ func TestNewRejectsFlagIssuerWithoutKind(t *testing.T) {
 }
 
 func TestErrNoIssuerSaysHowToConfigure(t *testing.T) {
-	for _, want := range []string{"--issuer-name", "--runtime-issuance-configmap", keyName, keyKind, keyGroup} {
+	for _, want := range []string{"--issuer-name", "--runtime-issuance-configmap", keyName, keyKind, keyGroup, "--config-configmap", KeyIssuerName} {
 		if !strings.Contains(ErrNoIssuer.Error(), want) {
 			t.Errorf("ErrNoIssuer = %q, does not mention %q", ErrNoIssuer, want)
 		}
@@ -401,6 +407,9 @@ func TestPreviousIssuerWindow(t *testing.T) {
 }
 
 // Fresh reads the API server, not the cache: here the informer never runs.
+// A read is shared only with callers whose request existed when it started:
+// an answer older than the request could predate the edit the request was
+// made after.
 func TestFreshReadsTheAPIServer(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -412,21 +421,27 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	fresh := func(want cmmeta.IssuerReference) {
+	reads := 0
+	client.PrependReactor("get", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+		reads++
+		return false, nil, nil
+	})
+	fresh := func(seen time.Time, want cmmeta.IssuerReference, wantReads int) {
 		t.Helper()
-		if got, err := tr.Fresh(ctx); err != nil || got.Issuer != want {
-			t.Fatalf("Fresh = %+v, %v; want %+v", got, err, want)
+		if got, err := tr.Fresh(ctx, seen); err != nil || got.Issuer != want || reads != wantReads {
+			t.Fatalf("Fresh = %+v, %v after %d reads; want %+v after %d", got, err, reads, want, wantReads)
 		}
 	}
-	fresh(flagIssuer) // not found: the flags
+	first := clock()
+	fresh(first, flagIssuer, 1) // not found: the flags
 
 	cms := client.CoreV1().ConfigMaps(cmName.Namespace)
 	if _, err := cms.Create(ctx, configMap(validData()), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	fresh(flagIssuer) // the answer of a second ago
-	advance(freshFor)
-	fresh(cmIssuer)
+	fresh(first, flagIssuer, 1) // a request seen before that read: it answers
+	advance(time.Millisecond)
+	fresh(clock(), cmIssuer, 2) // a request seen after it: read again
 	if ref := tr.Current().Issuer; ref != flagIssuer {
 		t.Fatalf("Fresh changed Current to %+v", ref)
 	}
@@ -436,11 +451,39 @@ func TestFreshReadsTheAPIServer(t *testing.T) {
 	if _, err := cms.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	advance(freshFor)
+	advance(time.Millisecond)
 	// Invalid: no answer to deny on (which issuer each driver uses then
 	// depends on what it saw last).
-	if _, err := tr.Fresh(ctx); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), keyName) {
+	if _, err := tr.Fresh(ctx, clock()); !errors.Is(err, ErrInvalidConfigMap) || !strings.Contains(err.Error(), keyName) {
 		t.Fatalf("Fresh = %v, want ErrInvalidConfigMap naming %s", err, keyName)
+	}
+}
+
+// A caller whose deadline passes while a slow read runs gets its own error
+// at its deadline; the read goes on for the others.
+func TestFreshHonoursTheCallersDeadline(t *testing.T) {
+	client := fake.NewClientset()
+	release := make(chan struct{})
+	client.PrependReactor("get", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+		<-release
+		return false, nil, nil
+	})
+	tr, err := New(Options{Flags: withIssuer(flagIssuer), IssuerConfigMap: cmName, Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := tr.Fresh(ctx, start); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Fresh = %v, want the caller's deadline", err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("Fresh returned after %v, want at the caller's 100ms deadline", waited)
+	}
+	close(release)
+	if got, err := tr.Fresh(t.Context(), start); err != nil || got.Issuer != flagIssuer {
+		t.Fatalf("the shared read: %+v, %v; want the flags' issuer", got, err)
 	}
 }
 

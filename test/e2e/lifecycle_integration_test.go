@@ -96,13 +96,15 @@ func TestDeniedRequestInPodEvents(t *testing.T) {
 	ns := workloadNamespace(ctx, t, "e2e-denied")
 	// Restored whatever happens, or every later test would fail.
 	t.Cleanup(func() { setDriverDuration(context.Background(), t, "") })
-	setDriverDuration(ctx, t, "3m")
+	// A duration no test configures: the approver accepts durations active
+	// in the last minutes (TestConfigChangeOnTheNode uses 3m).
+	setDriverDuration(ctx, t, "7m")
 
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns}, Spec: svidPodSpec(nil, nil)}
 	if _, err := bed.Kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`spec.duration: exp=%q got="3m0s"`, testbed.ExampleCertificateDuration.String())
+	want := fmt.Sprintf(`spec.duration: exp=%q got="7m0s"`, testbed.ExampleCertificateDuration.String())
 	var events string
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		events = bed.PodEvents(ctx, ns, "app")
