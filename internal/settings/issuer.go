@@ -27,11 +27,19 @@ func (s Settings) HasIssuer() bool { return s.Issuer.Name != "" }
 
 // String names the settings in logs.
 func (s Settings) String() string {
-	iss := "none"
-	if s.HasIssuer() {
-		iss = RefString(s.Issuer)
+	return fmt.Sprintf("trustDomain=%s duration=%s issuer=%s", s.TrustDomain.Name(), s.Duration, s.issuerString())
+}
+
+// logValues are the settings as structured-log key/value pairs.
+func (s Settings) logValues() []any {
+	return []any{"trustDomain", s.TrustDomain.Name(), "duration", s.Duration, "issuer", s.issuerString()}
+}
+
+func (s Settings) issuerString() string {
+	if !s.HasIssuer() {
+		return "none"
 	}
-	return fmt.Sprintf("trustDomain=%s duration=%s issuer=%s", s.TrustDomain.Name(), s.Duration, iss)
+	return RefString(s.Issuer)
 }
 
 // Keys of the runtime issuance ConfigMap; all are required and non-empty.

@@ -421,8 +421,7 @@ func (t *Tracker) refresh() {
 	case first:
 		t.logActive(logger, st, origin)
 	case changed:
-		logger.Info("Active settings changed", "trustDomain", st.TrustDomain.Name(), "duration", st.Duration,
-			"issuer", issuerString(st), "previous", prev.String(), "origin", origin)
+		logger.Info("Active settings changed", append(st.logValues(), "previous", prev.String(), "origin", origin)...)
 		if !st.HasIssuer() {
 			logger.Info("No issuer is active; requests cannot be issued until one is configured")
 		}
@@ -430,18 +429,10 @@ func (t *Tracker) refresh() {
 }
 
 func (t *Tracker) logActive(logger klog.Logger, st Settings, origin string) {
-	logger.Info("Active settings", "trustDomain", st.TrustDomain.Name(), "duration", st.Duration,
-		"issuer", issuerString(st), "origin", origin)
+	logger.Info("Active settings", append(st.logValues(), "origin", origin)...)
 	if !st.HasIssuer() {
 		logger.Info("No issuer is configured; requests cannot be issued until one is", "how", ErrNoIssuer.Error())
 	}
-}
-
-func issuerString(st Settings) string {
-	if !st.HasIssuer() {
-		return "none"
-	}
-	return RefString(st.Issuer)
 }
 
 func (t *Tracker) recordInvalid(s *source, cm *corev1.ConfigMap, invalid error, st Settings) {

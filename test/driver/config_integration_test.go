@@ -102,8 +102,8 @@ func TestConfigChangeMidTraffic(t *testing.T) {
 	const cm = "svid-csi-config-traffic"
 	base := map[string]string{"TRUST_DOMAIN": "cluster.local", "CERTIFICATE_REQUEST_DURATION": "1h",
 		"ISSUER_NAME": testbed.ClusterIssuerName, "ISSUER_KIND": "ClusterIssuer", "ISSUER_GROUP": "cert-manager.io"}
-	runtimeConfigMap(t, ctx, cm, base)
-	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	putConfigMap(t, ctx, cm, base)
+	t.Cleanup(func() { putConfigMap(t, context.Background(), cm, nil) })
 	n := startNode(t, "config-traffic", nodeOpts{configConfigMap: cm})
 	ns := newTenant(t, "config-traffic")
 
@@ -134,7 +134,7 @@ func TestConfigChangeMidTraffic(t *testing.T) {
 			for k, v := range e {
 				data[k] = v
 			}
-			runtimeConfigMap(t, ctx, cm, data)
+			putConfigMap(t, ctx, cm, data)
 		}
 	}
 	time.Sleep(400 * time.Millisecond)

@@ -34,9 +34,10 @@ const (
 
 var runtimeIssuers = []string{secondIssuer, stalledIssuer}
 
-// runtimeConfigMap plays the operator on the runtime issuance ConfigMap: it
-// creates or updates it with data, or deletes it when data is nil.
-func runtimeConfigMap(t *testing.T, ctx context.Context, name string, data map[string]string) {
+// putConfigMap plays the operator on a ConfigMap in cert-manager's
+// namespace (the runtime issuer's, or a svid-csi-config): it creates or
+// updates it with data, or deletes it when data is nil.
+func putConfigMap(t *testing.T, ctx context.Context, name string, data map[string]string) {
 	t.Helper()
 	cms := bed.Kube.CoreV1().ConfigMaps(testbed.CertManagerNamespace)
 	if data == nil {
@@ -90,7 +91,7 @@ func TestRuntimeIssuer(t *testing.T) {
 	defer cancel()
 	secondCA := ensureSecondIssuer(t, ctx)
 	const cm = "runtime-issuer"
-	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	t.Cleanup(func() { putConfigMap(t, context.Background(), cm, nil) })
 	n := startNode(t, "runtime", nodeOpts{runtimeConfigMap: cm})
 	ns := newTenant(t, "runtime")
 
@@ -101,7 +102,7 @@ func TestRuntimeIssuer(t *testing.T) {
 	switchTo := func(data map[string]string, want string) {
 		t.Helper()
 		at := n.logSize()
-		runtimeConfigMap(t, ctx, cm, data)
+		putConfigMap(t, ctx, cm, data)
 		n.waitLogLine(at, "Active settings changed", want)
 	}
 	switchTo(clusterIssuer(secondIssuer), secondIssuer)
@@ -114,7 +115,7 @@ func TestRuntimeIssuer(t *testing.T) {
 	at := n.logSize()
 	invalid := clusterIssuer(secondIssuer)
 	delete(invalid, "issuer-group")
-	runtimeConfigMap(t, ctx, cm, invalid)
+	putConfigMap(t, ctx, cm, invalid)
 	n.waitLogLine(at, "ConfigMap is invalid", "issuer-group")
 	n.publishChainsTo(t, ctx, ns, "invalid", secondCA) // the last valid issuer stays
 	waitConfigMapEvent(t, ctx, cm, settings.EventInvalid, "issuer-group")
@@ -139,8 +140,8 @@ func TestRuntimeIssuerSwitchRetriesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	const cm = "runtime-issuer-inflight"
-	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
-	runtimeConfigMap(t, ctx, cm, clusterIssuer(stalledIssuer))
+	t.Cleanup(func() { putConfigMap(t, context.Background(), cm, nil) })
+	putConfigMap(t, ctx, cm, clusterIssuer(stalledIssuer))
 	n := startNode(t, "inflight", nodeOpts{runtimeConfigMap: cm})
 	ns := newTenant(t, "inflight")
 
@@ -166,7 +167,7 @@ func TestRuntimeIssuerSwitchRetriesInFlight(t *testing.T) {
 	default:
 	}
 
-	runtimeConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
+	putConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
 	if err := <-done; err != nil {
 		t.Fatalf("publish after the switch: %v", err)
 	}
@@ -264,7 +265,7 @@ func TestIssuerSwitchMidTraffic(t *testing.T) {
 	defer cancel()
 	secondCA := ensureSecondIssuer(t, ctx)
 	const cm = "runtime-issuer-traffic"
-	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	t.Cleanup(func() { putConfigMap(t, context.Background(), cm, nil) })
 	n := startNode(t, "traffic", nodeOpts{runtimeConfigMap: cm})
 	ns := newTenant(t, "traffic")
 
@@ -283,7 +284,7 @@ func TestIssuerSwitchMidTraffic(t *testing.T) {
 		if i%2 == 1 {
 			to = testbed.ClusterIssuerName
 		}
-		runtimeConfigMap(t, ctx, cm, clusterIssuer(to))
+		putConfigMap(t, ctx, cm, clusterIssuer(to))
 	}
 	time.Sleep(400 * time.Millisecond)
 	published, byCA := tr.stop(t)
@@ -315,7 +316,7 @@ func TestTrustDuringIssuerSwitch(t *testing.T) {
 	}
 	mountBundle(bed.IssuerCAPEM)
 	const cm = "runtime-issuer-trust"
-	t.Cleanup(func() { runtimeConfigMap(t, context.Background(), cm, nil) })
+	t.Cleanup(func() { putConfigMap(t, context.Background(), cm, nil) })
 	n := startNode(t, "trust", nodeOpts{runtimeConfigMap: cm, caBundle: filepath.Join(bundleDir, "ca.crt")})
 	ns := newTenant(t, "trust")
 	id := "spiffe://cluster.local/ns/" + ns + "/sa/app"
@@ -348,7 +349,7 @@ func TestTrustDuringIssuerSwitch(t *testing.T) {
 	}
 	// 2. The switch: new pods get the second CA's certificates.
 	at := n.logSize()
-	runtimeConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
+	putConfigMap(t, ctx, cm, clusterIssuer(secondIssuer))
 	n.waitLogLine(at, "Active settings changed", secondIssuer)
 	fresh := publish("new")
 	if _, err := testbed.VerifySVIDTo(secondCA, read(fresh, "tls.crt"), id); err != nil {

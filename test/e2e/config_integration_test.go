@@ -5,6 +5,7 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -151,14 +152,7 @@ func productPods(ctx context.Context, t *testing.T) []types.UID {
 }
 
 func equalPods(a, b []types.UID) bool {
-	seen := map[types.UID]bool{}
-	for _, u := range a {
-		seen[u] = true
-	}
-	for _, u := range b {
-		if !seen[u] {
-			return false
-		}
-	}
-	return len(a) == len(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
