@@ -29,6 +29,8 @@ func main() {
 	flag.StringVar(&cfg.RuntimeIssuanceConfigMap, "runtime-issuance-configmap", cfg.RuntimeIssuanceConfigMap, "<namespace>/<name> of a ConfigMap whose issuer-name/-kind/-group override the issuer flags while valid")
 	flag.StringVar(&cfg.ConfigConfigMap, "config-configmap", "", "<namespace>/<name> of the shared configuration ConfigMap whose TRUST_DOMAIN, CERTIFICATE_REQUEST_DURATION and ISSUER_NAME/_KIND/_GROUP replace the flags of the same meaning while valid, read live")
 	flag.StringVar(&cfg.DriverName, "driver-name", cfg.DriverName, "CSI driver name; only requests labelled with it are watched")
+	flag.StringVar(&cfg.RequestModes, "request-modes", cfg.RequestModes, "request modes to accept, comma-separated: node-bound (the driver's own pod-bound token; the pod must run on the driver's node), pod-token (the pod's own token)")
+	flag.StringVar(&cfg.DriverServiceAccount, "driver-service-account", cfg.DriverServiceAccount, "<namespace>/<name> of the driver's ServiceAccount, whose requests are node-bound (required with --request-modes=node-bound)")
 	flag.BoolVar(&cfg.LeaderElection, "leader-election", cfg.LeaderElection, "run workers only while holding the leader Lease")
 	flag.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", cfg.LeaderElectionNamespace, "namespace of the leader Lease")
 	flag.StringVar(&cfg.LeaderElectionID, "leader-election-id", cfg.LeaderElectionID, "name of the leader Lease")

@@ -87,6 +87,11 @@ func Run(ctx context.Context, cfg Completed) error {
 		Settings: tracker,
 		Recorder: recorder,
 		Metrics:  m,
+
+		Modes:          cfg.Modes,
+		DriverUsername: cfg.DriverUsername,
+		DriverName:     cfg.DriverName,
+		Pods:           kube.CoreV1(),
 	})
 	if err != nil {
 		return err
@@ -106,7 +111,8 @@ func Run(ctx context.Context, cfg Completed) error {
 	// The settings in force are logged by the tracker once it has read the
 	// ConfigMaps; the flags are only where it starts.
 	logger.Info("Starting", "driverName", cfg.DriverName, "leaderElection", cfg.LeaderElection,
-		"flagTrustDomain", cfg.TrustDomain, "flagDuration", cfg.CertificateRequestDuration, "configConfigMap", cfg.ConfigConfigMap)
+		"flagTrustDomain", cfg.TrustDomain, "flagDuration", cfg.CertificateRequestDuration, "configConfigMap", cfg.ConfigConfigMap,
+		"requestModes", cfg.Modes.String(), "driverServiceAccount", cfg.DriverServiceAccount)
 	g := run.NewGroup(ctx)
 	g.Go("health server", health)
 	g.Go("metrics server", metricsServer)

@@ -6,7 +6,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/internal/config"
+	"github.com/svid-csi/svid-csi/internal/settings"
+	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
 // Config holds the approver's settings, from flags: the flags it shares with
@@ -24,6 +27,12 @@ type Config struct {
 	Workers        int
 	MetricsAddress string // empty disables
 	HealthAddress  string
+
+	// RequestModes are the accepted request modes, comma-separated.
+	RequestModes string
+	// DriverServiceAccount is <namespace>/<name> of the driver's
+	// ServiceAccount: its requests are node-bound.
+	DriverServiceAccount string
 }
 
 // DefaultConfig is the Config of a flag-less start.
@@ -39,6 +48,7 @@ func DefaultConfig() Config {
 		Workers:                     16,
 		MetricsAddress:              ":9402",
 		HealthAddress:               ":9403",
+		RequestModes:                spiffe.ModePodToken,
 	}
 }
 
@@ -47,6 +57,9 @@ func DefaultConfig() Config {
 type Completed struct {
 	Config
 	Parsed config.Parsed
+	Modes  checks.Modes
+	// DriverUsername is the user of --driver-service-account ("" without).
+	DriverUsername string
 }
 
 // Complete validates the Config, naming the first bad flag
@@ -82,5 +95,36 @@ func (c *Config) Complete() (Completed, error) {
 	if c.MetricsAddress != "" && c.MetricsAddress == c.HealthAddress && !strings.HasSuffix(c.MetricsAddress, ":0") {
 		return Completed{}, config.Bad("metrics-address", "must differ from --health-address")
 	}
-	return Completed{Config: *c, Parsed: parsed}, nil
+	modes, err := parseModes(c.RequestModes)
+	if err != nil {
+		return Completed{}, err
+	}
+	out := Completed{Config: *c, Parsed: parsed, Modes: modes}
+	if c.DriverServiceAccount != "" {
+		sa, err := settings.ParseNamespacedName(c.DriverServiceAccount)
+		if err != nil {
+			return Completed{}, config.Bad("driver-service-account", "%v", err)
+		}
+		out.DriverUsername = spiffe.ServiceAccountUsername(sa.Namespace, sa.Name)
+	}
+	if modes.NodeBound && out.DriverUsername == "" {
+		return Completed{}, config.Bad("driver-service-account", "required with --request-modes=%s: the approver must know whose requests are node-bound", spiffe.ModeNodeBound)
+	}
+	return out, nil
+}
+
+// parseModes reads --request-modes: node-bound, pod-token or both.
+func parseModes(s string) (checks.Modes, error) {
+	var m checks.Modes
+	for _, name := range strings.Split(s, ",") {
+		switch strings.TrimSpace(name) {
+		case spiffe.ModeNodeBound:
+			m.NodeBound = true
+		case spiffe.ModePodToken:
+			m.PodToken = true
+		default:
+			return m, config.Bad("request-modes", "%q is not a mode: want %s, %s or both, comma-separated", name, spiffe.ModeNodeBound, spiffe.ModePodToken)
+		}
+	}
+	return m, nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/internal/config"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
@@ -56,6 +57,11 @@ func TestCompleteNamesTheBadField(t *testing.T) {
 		{"--metrics-address", func(c *Config) { c.MetricsAddress = c.HealthAddress }},
 		{"--kube-api-qps", func(c *Config) { c.KubeAPIQPS = 0 }},
 		{"--kube-api-burst", func(c *Config) { c.KubeAPIBurst = 0 }},
+		{"--request-modes", func(c *Config) { c.RequestModes = "" }},
+		{"--request-modes", func(c *Config) { c.RequestModes = "node-bound,kubelet" }},
+		{"--driver-service-account", func(c *Config) { c.RequestModes = "node-bound" }},
+		{"--driver-service-account", func(c *Config) { c.RequestModes = "node-bound"; c.DriverServiceAccount = "svid-csi-driver" }},
+		{"--driver-service-account", func(c *Config) { c.DriverServiceAccount = "cert-manager/Bad_SA" }},
 	} {
 		cfg := DefaultConfig()
 		tc.mutate(&cfg)
@@ -97,6 +103,16 @@ func TestCompleteAcceptsOptionalSettings(t *testing.T) {
 	}
 	if c.Config != cfg {
 		t.Errorf("Completed.Config = %+v, want %+v", c.Config, cfg)
+	}
+
+	cfg = DefaultConfig()
+	cfg.RequestModes = "node-bound, pod-token"
+	cfg.DriverServiceAccount = "cert-manager/svid-csi-driver"
+	if c, err = cfg.Complete(); err != nil {
+		t.Fatalf("Complete with both modes = %v", err)
+	}
+	if want := (checks.Modes{NodeBound: true, PodToken: true}); c.Modes != want || c.DriverUsername != "system:serviceaccount:cert-manager:svid-csi-driver" {
+		t.Errorf("parsed modes = %+v, driver user %q", c.Modes, c.DriverUsername)
 	}
 
 	cfg = DefaultConfig()

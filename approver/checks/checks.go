@@ -50,21 +50,39 @@ const (
 	CheckExtensions = "extensions"
 	// CheckSANs: the subjectAltName extension holds exactly one name, a URI.
 	CheckSANs = "sans"
-	// CheckIdentity: spec.username is a ServiceAccount of the request's own
-	// namespace, and the URI's bytes are its SPIFFE ID.
+	// CheckRequester: the request comes in an accepted mode: from the
+	// driver's ServiceAccount (node-bound), whose token named its node, or
+	// from another ServiceAccount (pod-token).
+	CheckRequester = "requester"
+	// CheckBinding: the request is owned by one Pod; pod-token: the
+	// requester's token was bound to that pod (spec.extra); node-bound: the
+	// pod annotations name that pod.
+	CheckBinding = "binding"
+	// CheckIdentity: the URI's bytes are the SPIFFE ID of a ServiceAccount of
+	// the request's own namespace: pod-token, the requester (spec.username);
+	// node-bound, the one the URI names, which EvaluatePod compares with the pod's.
 	CheckIdentity = "identity"
 	// CheckTrustDomain: the URI is the expected ID except for its authority,
 	// which is not the configured trust domain.
 	CheckTrustDomain = "trust-domain"
+	// CheckPod (node-bound only, after every other check, by the
+	// controller): the pod exists with that UID on the driver's node, is
+	// neither terminating nor finished, runs as the ID's ServiceAccount and
+	// mounts a volume of the driver.
+	CheckPod = "pod"
 )
 
-// Policy is what the approver enforces, fixed at startup except Issuer (the
-// active issuer at decision time).
+// Policy is what the approver enforces: the settings active at decision
+// time, and the modes fixed at startup.
 type Policy struct {
 	TrustDomain spiffeid.TrustDomain
-	// Duration is the enforced spec.duration (--certificate-request-duration).
+	// Duration is the enforced spec.duration.
 	Duration time.Duration
 	Issuer   cmmeta.IssuerReference
+	Modes    Modes
+	// DriverUsername is the user of the driver's ServiceAccount
+	// (system:serviceaccount:<ns>:<name>): its requests are node-bound.
+	DriverUsername string
 }
 
 // Denial says which check failed and why; nil from Evaluate means approve.
@@ -109,7 +127,11 @@ func Evaluate(cr *cmapi.CertificateRequest, p Policy) *Denial {
 	if d != nil {
 		return d
 	}
-	return checkIdentity(cr, p.TrustDomain, uri)
+	ns, sa, d := checkRequester(cr, p, uri)
+	if d != nil {
+		return d
+	}
+	return checkIdentity(cr, p.TrustDomain, ns, sa, uri)
 }
 
 var annotationField = fmt.Sprintf("metadata.annotations[%q]", spiffe.IdentityAnnotation)
@@ -187,17 +209,8 @@ func checkDuration(cr *cmapi.CertificateRequest, exp time.Duration) *Denial {
 }
 
 // checkIdentity checks the URI SAN against the SPIFFE ID of the
-// ServiceAccount that created the request, then the annotation against it.
-func checkIdentity(cr *cmapi.CertificateRequest, td spiffeid.TrustDomain, uri string) *Denial {
-	const saPrefix = "system:serviceaccount:"
-	rest, isSA := strings.CutPrefix(cr.Spec.Username, saPrefix)
-	ns, sa, _ := strings.Cut(rest, ":")
-	if !isSA || ns == "" || sa == "" || strings.Contains(sa, ":") {
-		return deny(CheckIdentity, "spec.username", saPrefix+"<namespace>:<name>", cr.Spec.Username)
-	}
-	if ns != cr.Namespace {
-		return deny(CheckIdentity, "spec.username namespace", cr.Namespace, ns)
-	}
+// ServiceAccount ns/sa, then the annotation against it.
+func checkIdentity(cr *cmapi.CertificateRequest, td spiffeid.TrustDomain, ns, sa, uri string) *Denial {
 	id, err := spiffe.ID(td, ns, sa)
 	if err != nil {
 		return deny(CheckIdentity, "SPIFFE ID", "spiffe://<trust domain>/ns/<namespace>/sa/<name>", err.Error())

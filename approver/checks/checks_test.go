@@ -35,10 +35,20 @@ const (
 	testID = "spiffe://cluster.local/ns/team-a/sa/web"
 )
 
+const (
+	testPod     = "web-0"
+	testPodUID  = "0b5e-pod"
+	testNode    = "node-a"
+	testDriver  = "system:serviceaccount:cert-manager:svid-csi-driver"
+	testCSIName = "spiffe.csi.cert-manager.io"
+)
+
 var testPolicy = Policy{
-	TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
-	Duration:    time.Hour,
-	Issuer:      cmmeta.IssuerReference{Name: "spiffe", Kind: "ClusterIssuer", Group: "cert-manager.io"},
+	TrustDomain:    spiffeid.RequireTrustDomainFromString("cluster.local"),
+	Duration:       time.Hour,
+	Issuer:         cmmeta.IssuerReference{Name: "spiffe", Kind: "ClusterIssuer", Group: "cert-manager.io"},
+	Modes:          Modes{NodeBound: true, PodToken: true},
+	DriverUsername: testDriver,
 }
 
 // Keys, generated once.
@@ -182,13 +192,20 @@ func pemOf(der []byte) []byte {
 
 var validP256 = sync.OnceValue(func() []byte { return pemOf(x509CSR(keyP256(), pkix.Name{})) })
 
-// request is a CertificateRequest as cert-manager stores the driver's, for csr (PEM).
+// request is a CertificateRequest as cert-manager stores the driver's in
+// pod-token mode, for csr (PEM).
 func request(csr []byte) *cmapi.CertificateRequest {
 	return &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        "svid-abc",
-			Namespace:   testNS,
-			Annotations: map[string]string{spiffe.IdentityAnnotation: testID},
+			Name:      "svid-abc",
+			Namespace: testNS,
+			Annotations: map[string]string{
+				spiffe.IdentityAnnotation:     testID,
+				spiffe.PodNamespaceAnnotation: testNS,
+				spiffe.PodNameAnnotation:      testPod,
+				spiffe.PodUIDAnnotation:       testPodUID,
+			},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: testPod, UID: testPodUID}},
 		},
 		Spec: cmapi.CertificateRequestSpec{
 			Request:   csr,
@@ -196,7 +213,24 @@ func request(csr []byte) *cmapi.CertificateRequest {
 			Usages:    slices.Clone(spiffe.Usages),
 			IssuerRef: testPolicy.Issuer,
 			Username:  spiffe.ServiceAccountUsername(testNS, testSA),
+			Extra:     map[string][]string{ExtraPodName: {testPod}, ExtraPodUID: {testPodUID}, ExtraNodeName: {testNode}},
 		},
+	}
+}
+
+// nodeBound makes a request node-bound: created by the driver, whose token
+// was bound to its own pod on testNode.
+func nodeBound(cr *cmapi.CertificateRequest) {
+	cr.Spec.Username = testDriver
+	cr.Spec.Extra = map[string][]string{ExtraPodName: {"svid-csi-driver-x7"}, ExtraPodUID: {"drv-uid"}, ExtraNodeName: {testNode}}
+}
+
+// then composes mutations.
+func then(fs ...func(*cmapi.CertificateRequest)) func(*cmapi.CertificateRequest) {
+	return func(cr *cmapi.CertificateRequest) {
+		for _, f := range fs {
+			f(cr)
+		}
 	}
 }
 
@@ -222,11 +256,28 @@ type testCase struct {
 	wantMsg   string
 }
 
+// build is the case's request and policy.
+func (tc testCase) build() (*cmapi.CertificateRequest, Policy) {
+	csr := validP256()
+	if tc.csr != nil {
+		csr = tc.csr()
+	}
+	cr := request(csr)
+	if tc.mutate != nil {
+		tc.mutate(cr)
+	}
+	p := testPolicy
+	if tc.policy != nil {
+		tc.policy(&p)
+	}
+	return cr, p
+}
+
 // der wraps a DER request maker into a PEM one.
 func derCase(f func() []byte) func() []byte { return func() []byte { return pemOf(f()) } }
 
 func testCases() []testCase {
-	return []testCase{
+	cases := []testCase{
 		// Approved.
 		{name: "valid P-256", csr: derCase(func() []byte { return x509CSR(keyP256(), pkix.Name{}) })},
 		{name: "valid P-384", csr: derCase(func() []byte { return x509CSR(keyP384(), pkix.Name{}) })},
@@ -511,6 +562,74 @@ func testCases() []testCase {
 		{name: "policy trust domain differs", policy: func(p *Policy) { p.TrustDomain = spiffeid.RequireTrustDomainFromString("prod.example") },
 			wantCheck: CheckTrustDomain, wantMsg: `URI SAN trust domain: exp="prod.example" got="cluster.local"`},
 	}
+	return append(cases, bindingCases()...)
+}
+
+// bindingCases are the modes and the binding of a request to its pod.
+func bindingCases() []testCase {
+	ownerMsg := `metadata.ownerReferences: exp="one v1/Pod" got=`
+	return []testCase{
+		// Pod-token mode.
+		{name: "pod-token: not accepted", policy: func(p *Policy) { p.Modes.PodToken = false },
+			wantCheck: CheckRequester, wantMsg: `spec.username: exp="` + testDriver + `" got="system:serviceaccount:team-a:web"`},
+		{name: "pod-token: token bound to another pod", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.Extra[ExtraPodUID] = []string{"other-uid"} },
+			wantCheck: CheckBinding, wantMsg: `spec.extra["authentication.kubernetes.io/pod-uid"]: exp="0b5e-pod" got="other-uid"`},
+		{name: "pod-token: token bound to no pod (a controller copying the label and annotation)", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.Extra = nil },
+			wantCheck: CheckBinding, wantMsg: `spec.extra["authentication.kubernetes.io/pod-uid"]: exp="0b5e-pod" got=""`},
+		{name: "pod-token: two pod UIDs", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.Extra[ExtraPodUID] = []string{testPodUID, "x"} },
+			wantCheck: CheckBinding, wantMsg: `spec.extra["authentication.kubernetes.io/pod-uid"]: exp="0b5e-pod" got="0b5e-pod,x"`},
+		{name: "pod-token: token of a pod of the same UID but another name", mutate: func(cr *cmapi.CertificateRequest) { cr.Spec.Extra[ExtraPodName] = []string{"web-1"} },
+			wantCheck: CheckBinding, wantMsg: `spec.extra["authentication.kubernetes.io/pod-name"]: exp="web-0" got="web-1"`},
+		{name: "pod-token: owned by a Certificate (cert-manager's own requests)", mutate: func(cr *cmapi.CertificateRequest) {
+			cr.OwnerReferences = []metav1.OwnerReference{{APIVersion: "cert-manager.io/v1", Kind: "Certificate", Name: "web", UID: "c"}}
+		}, wantCheck: CheckBinding, wantMsg: ownerMsg + `"cert-manager.io/v1/Certificate web"`},
+		{name: "pod-token: no owner", mutate: func(cr *cmapi.CertificateRequest) { cr.OwnerReferences = nil },
+			wantCheck: CheckBinding, wantMsg: ownerMsg + `""`},
+		{name: "pod-token: two owners", mutate: func(cr *cmapi.CertificateRequest) {
+			cr.OwnerReferences = append(cr.OwnerReferences, metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: "web-1", UID: "u"})
+		}, wantCheck: CheckBinding, wantMsg: ownerMsg + `"v1/Pod web-0, v1/Pod web-1"`},
+		{name: "pod-token: owner Pod without UID", mutate: func(cr *cmapi.CertificateRequest) { cr.OwnerReferences[0].UID = "" },
+			wantCheck: CheckBinding, wantMsg: ownerMsg + `"v1/Pod web-0"`},
+
+		// Node-bound mode.
+		{name: "node-bound: valid", mutate: nodeBound},
+		{name: "node-bound: not accepted", mutate: nodeBound, policy: func(p *Policy) { p.Modes.NodeBound = false },
+			wantCheck: CheckRequester, wantMsg: `request mode: exp="pod-token" got="node-bound"`},
+		{name: "node-bound: the driver's token named no node", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { delete(cr.Spec.Extra, ExtraNodeName) }),
+			wantCheck: CheckRequester, wantMsg: `spec.extra["authentication.kubernetes.io/node-name"]: exp="the node of the driver's pod-bound token" got=""`},
+		{name: "node-bound: a token bound to a Node, not a pod", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) {
+			delete(cr.Spec.Extra, ExtraPodName)
+			delete(cr.Spec.Extra, ExtraPodUID)
+		}), wantCheck: CheckRequester, wantMsg: `spec.extra["authentication.kubernetes.io/pod-name"]: exp="the driver's pod, from its pod-bound token" got=""`},
+		{name: "node-bound: two driver pods", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { cr.Spec.Extra[ExtraPodUID] = []string{"a", "b"} }),
+			wantCheck: CheckRequester, wantMsg: `spec.extra["authentication.kubernetes.io/pod-uid"]: exp="the driver's pod, from its pod-bound token" got="a,b"`},
+		{name: "node-bound: two nodes", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { cr.Spec.Extra[ExtraNodeName] = []string{testNode, "node-b"} }),
+			wantCheck: CheckRequester, wantMsg: `spec.extra["authentication.kubernetes.io/node-name"]: exp="the node of the driver's pod-bound token" got="node-a,node-b"`},
+		{name: "node-bound: pod UID annotation differs from the owner", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { cr.Annotations[spiffe.PodUIDAnnotation] = "x" }),
+			wantCheck: CheckBinding, wantMsg: `metadata.annotations["spiffe.csi.cert-manager.io/pod-uid"]: exp="0b5e-pod" got="x"`},
+		{name: "node-bound: pod name annotation missing", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { delete(cr.Annotations, spiffe.PodNameAnnotation) }),
+			wantCheck: CheckBinding, wantMsg: `metadata.annotations["spiffe.csi.cert-manager.io/pod-name"]: exp="web-0" got=""`},
+		{name: "node-bound: pod of another namespace", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { cr.Annotations[spiffe.PodNamespaceAnnotation] = "kube-system" }),
+			wantCheck: CheckBinding, wantMsg: `metadata.annotations["spiffe.csi.cert-manager.io/pod-namespace"]: exp="team-a" got="kube-system"`},
+		{name: "node-bound: owner name that is no pod name", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) {
+			cr.OwnerReferences[0].Name = "web-0/../../nodes/x"
+			cr.Annotations[spiffe.PodNameAnnotation] = "web-0/../../nodes/x"
+		}), wantCheck: CheckBinding, wantMsg: `metadata.ownerReferences[0].name: exp="a pod name" got="web-0/../../nodes/x"`},
+		{name: "node-bound: no owner", mutate: then(nodeBound, func(cr *cmapi.CertificateRequest) { cr.OwnerReferences = nil }),
+			wantCheck: CheckBinding, wantMsg: ownerMsg + `""`},
+		{name: "node-bound: ID of another namespace", mutate: nodeBound, csr: derCase(func() []byte { return rawURI("spiffe://cluster.local/ns/kube-system/sa/web") }),
+			wantCheck: CheckIdentity, wantMsg: `URI SAN: exp="spiffe://<trust domain>/ns/team-a/sa/<name>" got="spiffe://cluster.local/ns/kube-system/sa/web"`},
+		{name: "node-bound: ID with a longer path", mutate: nodeBound, csr: derCase(func() []byte { return rawURI("spiffe://cluster.local/ns/team-a/sa/web/x") }),
+			wantCheck: CheckIdentity, wantMsg: `URI SAN: exp="spiffe://<trust domain>/ns/team-a/sa/<name>" got="spiffe://cluster.local/ns/team-a/sa/web/x"`},
+		{name: "node-bound: ID of another ServiceAccount than the annotation", mutate: nodeBound, csr: derCase(func() []byte { return rawURI("spiffe://cluster.local/ns/team-a/sa/db") }),
+			wantCheck: CheckAnnotation, wantMsg: annotationMsg + `exp="spiffe://cluster.local/ns/team-a/sa/db" got="spiffe://cluster.local/ns/team-a/sa/web"`},
+		{name: "node-bound: ServiceAccount name that is no name", mutate: nodeBound, csr: derCase(func() []byte { return rawURI("spiffe://cluster.local/ns/team-a/sa/Web%2F") }),
+			wantCheck: CheckIdentity, wantMsg: `SPIFFE ID: exp="spiffe://<trust domain>/ns/<namespace>/sa/<name>" got="SPIFFE ID for ServiceAccount team-a/Web%2F: path segment characters are limited to letters, numbers, dots, dashes, and underscores"`},
+		{name: "node-bound: other trust domain", mutate: nodeBound, csr: derCase(func() []byte { return rawURI("spiffe://evil.example/ns/team-a/sa/web") }),
+			wantCheck: CheckTrustDomain, wantMsg: `URI SAN trust domain: exp="cluster.local" got="evil.example"`},
+		{name: "node-bound: with no driver configured, the driver is a pod-token requester of another namespace", mutate: nodeBound,
+			policy: func(p *Policy) { p.DriverUsername = "" }, wantCheck: CheckIdentity, wantMsg: `spec.username namespace: exp="team-a" got="cert-manager"`},
+	}
 }
 
 func TestEvaluate(t *testing.T) {
@@ -521,18 +640,7 @@ func TestEvaluate(t *testing.T) {
 			denials++
 		}
 		t.Run(tc.name, func(t *testing.T) {
-			csr := validP256()
-			if tc.csr != nil {
-				csr = tc.csr()
-			}
-			cr := request(csr)
-			if tc.mutate != nil {
-				tc.mutate(cr)
-			}
-			p := testPolicy
-			if tc.policy != nil {
-				tc.policy(&p)
-			}
+			cr, p := tc.build()
 			before := cr.DeepCopy()
 			d := Evaluate(cr, p)
 			switch {
@@ -553,6 +661,29 @@ func TestEvaluate(t *testing.T) {
 	}
 	if denials < 30 {
 		t.Errorf("only %d crafted denials", denials)
+	}
+}
+
+// The checks before the requester's do not depend on the mode: every such
+// crafted denial is the same for a node-bound request.
+func TestEvaluateNodeBoundSameDenials(t *testing.T) {
+	t.Parallel()
+	modeFree := map[string]bool{CheckIssuer: true, CheckUsages: true, CheckDuration: true, CheckBasicConstraints: true,
+		CheckCSR: true, CheckKey: true, CheckSubject: true, CheckExtensions: true, CheckSANs: true}
+	n := 0
+	for _, tc := range testCases() {
+		if !modeFree[tc.wantCheck] {
+			continue
+		}
+		n++
+		cr, p := tc.build()
+		nodeBound(cr)
+		if d := Evaluate(cr, p); d == nil || d.Check != tc.wantCheck || d.Message != tc.wantMsg {
+			t.Errorf("%s, node-bound: Evaluate() = %+v, want %s %q", tc.name, d, tc.wantCheck, tc.wantMsg)
+		}
+	}
+	if n < 50 {
+		t.Errorf("only %d mode-free denials", n)
 	}
 }
 
@@ -663,7 +794,7 @@ func FuzzEvaluate(f *testing.F) {
 		}
 	}
 	checks := []string{CheckAnnotation, CheckIssuer, CheckUsages, CheckDuration, CheckBasicConstraints, CheckCSR,
-		CheckKey, CheckSubject, CheckExtensions, CheckSANs, CheckIdentity, CheckTrustDomain}
+		CheckKey, CheckSubject, CheckExtensions, CheckSANs, CheckRequester, CheckBinding, CheckIdentity, CheckTrustDomain}
 	f.Fuzz(func(t *testing.T, data []byte, mode uint8) {
 		var request0 []byte
 		var derBytes []byte

@@ -330,8 +330,6 @@ var generalNames = map[byte]string{
 	0xa5: "ediPartyName", 0x86: "URI", 0x87: "IP", 0x88: "registeredID",
 }
 
-const tagURI = 0x86
-
 // checkSANs requires a subjectAltName extension with exactly one name, a URI,
 // and returns that URI's bytes as they are.
 func checkSANs(exts map[string][]byte) (string, *Denial) {

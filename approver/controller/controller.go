@@ -19,11 +19,13 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/svid-csi/svid-csi/approver/checks"
 	"github.com/svid-csi/svid-csi/approver/metrics"
 	"github.com/svid-csi/svid-csi/internal/settings"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -51,17 +53,31 @@ type Options struct {
 	Recorder record.EventRecorder
 	Metrics  *metrics.Metrics // may be nil
 	Now      func() time.Time // defaults to time.Now
+
+	// Modes are the request modes accepted; at least one.
+	Modes checks.Modes
+	// DriverUsername is the user of the driver's ServiceAccount, whose
+	// requests are node-bound; required with Modes.NodeBound.
+	DriverUsername string
+	// DriverName is the CSI driver a node-bound request's pod must mount.
+	DriverName string
+	// Pods reads the pod of each node-bound request; required with
+	// Modes.NodeBound.
+	Pods corev1client.PodsGetter
 }
 
 // Controller decides pending CertificateRequests.
 type Controller struct {
-	client   cmclient.Interface
-	lister   cmlisters.CertificateRequestLister
-	synced   cache.InformerSynced
-	settings SettingsSource
-	recorder record.EventRecorder
-	metrics  *metrics.Metrics
-	now      func() time.Time
+	client                 cmclient.Interface
+	lister                 cmlisters.CertificateRequestLister
+	synced                 cache.InformerSynced
+	settings               SettingsSource
+	recorder               record.EventRecorder
+	metrics                *metrics.Metrics
+	now                    func() time.Time
+	modes                  checks.Modes
+	driverUser, driverName string
+	pods                   corev1client.PodsGetter
 
 	runMu sync.Mutex                // one Run at a time (one leadership term)
 	queue atomic.Pointer[workQueue] // nil while not running: standing by
@@ -99,6 +115,10 @@ func New(opts Options) (*Controller, error) {
 		return nil, errors.New("controller: Settings is required")
 	case opts.Recorder == nil:
 		return nil, errors.New("controller: Recorder is required")
+	case !opts.Modes.NodeBound && !opts.Modes.PodToken:
+		return nil, errors.New("controller: at least one request mode is required")
+	case opts.Modes.NodeBound && (opts.Pods == nil || opts.DriverUsername == "" || opts.DriverName == ""):
+		return nil, errors.New("controller: node-bound mode needs Pods, DriverUsername and DriverName")
 	}
 	c := &Controller{
 		client:   opts.Client,
@@ -107,6 +127,11 @@ func New(opts Options) (*Controller, error) {
 		recorder: opts.Recorder,
 		metrics:  opts.Metrics,
 		now:      opts.Now,
+		modes:    opts.Modes,
+
+		driverUser: opts.DriverUsername,
+		driverName: opts.DriverName,
+		pods:       opts.Pods,
 	}
 	if c.now == nil {
 		c.now = time.Now

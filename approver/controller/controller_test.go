@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -68,7 +69,15 @@ func csrPEM(t *testing.T, uri string) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
-// request is a valid request from ServiceAccount team-a/web.
+const (
+	podName    = "web-0"
+	podUID     = "uid-web-0"
+	nodeName   = "node-a"
+	driverUser = "system:serviceaccount:cert-manager:svid-csi-driver"
+)
+
+// request is a valid pod-token request from ServiceAccount team-a/web, for
+// pod web-0.
 func request(t *testing.T, name string) *cmapi.CertificateRequest {
 	return &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{
@@ -76,8 +85,12 @@ func request(t *testing.T, name string) *cmapi.CertificateRequest {
 			Name:              name,
 			ResourceVersion:   "1",
 			CreationTimestamp: metav1.NewTime(created),
-			Annotations:       map[string]string{spiffe.IdentityAnnotation: spiffeID},
-			Labels:            map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName},
+			Annotations: map[string]string{
+				spiffe.IdentityAnnotation: spiffeID, spiffe.PodNamespaceAnnotation: namespace,
+				spiffe.PodNameAnnotation: podName, spiffe.PodUIDAnnotation: podUID,
+			},
+			Labels:          map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: podName, UID: podUID}},
 		},
 		Spec: cmapi.CertificateRequestSpec{
 			Duration:  &metav1.Duration{Duration: time.Hour},
@@ -85,7 +98,27 @@ func request(t *testing.T, name string) *cmapi.CertificateRequest {
 			Request:   csrPEM(t, spiffeID),
 			Usages:    append([]cmapi.KeyUsage(nil), spiffe.Usages...),
 			Username:  spiffe.ServiceAccountUsername(namespace, saName),
+			Extra:     map[string][]string{checks.ExtraPodName: {podName}, checks.ExtraPodUID: {podUID}},
 		},
+	}
+}
+
+// nodeBoundRequest is request made by the driver of node-a.
+func nodeBoundRequest(t *testing.T, name string) *cmapi.CertificateRequest {
+	cr := request(t, name)
+	cr.Spec.Username = driverUser
+	cr.Spec.Extra = map[string][]string{checks.ExtraPodName: {"svid-csi-driver-1"}, checks.ExtraPodUID: {"drv"}, checks.ExtraNodeName: {nodeName}}
+	return cr
+}
+
+// pod is web-0 running on node-a with a volume of the driver.
+func pod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: podName, UID: podUID},
+		Spec: corev1.PodSpec{NodeName: nodeName, ServiceAccountName: saName, Volumes: []corev1.Volume{{
+			Name: "spiffe", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: spiffe.DefaultDriverName}},
+		}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
 	}
 }
 
@@ -99,6 +132,7 @@ func withCondition(cr *cmapi.CertificateRequest, typ cmapi.CertificateRequestCon
 type fixture struct {
 	t        *testing.T
 	client   *cmfake.Clientset
+	kube     *kubefake.Clientset // the pods of node-bound requests
 	recorder *record.FakeRecorder
 	registry *prometheus.Registry
 	ctrl     *Controller
@@ -129,6 +163,7 @@ func newFixtureWith(t *testing.T, src SettingsSource, objs ...*cmapi.Certificate
 	f := &fixture{
 		t:        t,
 		client:   cmfake.NewClientset(runtimeObjs...),
+		kube:     kubefake.NewClientset(pod()),
 		recorder: record.NewFakeRecorder(10),
 		registry: prometheus.NewRegistry(),
 	}
@@ -148,6 +183,11 @@ func newFixtureWith(t *testing.T, src SettingsSource, objs ...*cmapi.Certificate
 		Recorder: f.recorder,
 		Metrics:  m,
 		Now:      func() time.Time { return decidedAt },
+
+		Modes:          checks.Modes{NodeBound: true, PodToken: true},
+		DriverUsername: driverUser,
+		DriverName:     spiffe.DefaultDriverName,
+		Pods:           f.kube.CoreV1(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -407,7 +447,7 @@ func TestRunDecidesAndStops(t *testing.T) {
 	factory := NewInformerFactory(f.client, spiffe.DefaultDriverName)
 	tracker, _ := settings.New(settings.Options{Flags: withIssuer(flagIssuer)})
 	ctrl, err := New(Options{Client: f.client, Informer: factory.Certmanager().V1().CertificateRequests(),
-		Settings: tracker, Recorder: f.recorder})
+		Settings: tracker, Recorder: f.recorder, Modes: checks.Modes{PodToken: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -733,5 +773,161 @@ func decideLive(t *testing.T, cr *cmapi.CertificateRequest, src switching, wantF
 		f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
 	} else {
 		f.expectDecision(cmapi.CertificateRequestConditionDenied, wantMsg, "Warning Denied "+wantMsg)
+	}
+}
+
+// podGets counts the pod reads of the fixture.
+func (f *fixture) podGets() int { return len(f.podReads()) }
+
+// podReads are the resourceVersions of the fixture's pod reads, in order.
+func (f *fixture) podReads() []string {
+	var rvs []string
+	for _, a := range f.kube.Actions() {
+		if g, ok := a.(core.GetActionImpl); ok && g.GetResource().Resource == "pods" {
+			rvs = append(rvs, g.GetOptions.ResourceVersion)
+		}
+	}
+	return rvs
+}
+
+// The first read is from the API server's watch cache; a cache behind (the
+// pod not in it yet) is confirmed from etcd, and does not deny.
+func TestSyncNodeBoundWatchCacheBehind(t *testing.T) {
+	f := newFixture(t, flagIssuer, nodeBoundRequest(t, "nb"))
+	f.kube.PrependReactor("get", "pods", func(a core.Action) (bool, runtime.Object, error) {
+		if a.(core.GetActionImpl).GetOptions.ResourceVersion == "0" {
+			return true, nil, apierrors.NewNotFound(corev1.Resource("pods"), podName)
+		}
+		return false, nil, nil
+	})
+	if err := f.sync("nb"); err != nil {
+		t.Fatal(err)
+	}
+	f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
+	if got := f.podReads(); len(got) != 2 || got[0] != "0" || got[1] != "" {
+		t.Errorf("pod reads at resourceVersions %q, want the watch cache's then etcd's", got)
+	}
+}
+
+func TestSyncNodeBound(t *testing.T) {
+	for name, tc := range map[string]struct {
+		request func(*testing.T, string) *cmapi.CertificateRequest
+		pod     func(*corev1.Pod) // nil: no pod
+		// want is the denial message; empty approves.
+		want string
+		gets int
+	}{
+		"pod on the driver's node": {request: nodeBoundRequest, pod: func(*corev1.Pod) {}, gets: 1},
+		// A denial reads the pod twice: the watch cache's answer is confirmed.
+		"pod on another node":            {request: nodeBoundRequest, pod: func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }, gets: 2, want: `pod team-a/web-0 spec.nodeName: exp="node-a" got="node-b"`},
+		"pod gone":                       {request: nodeBoundRequest, gets: 2, want: `pod team-a/web-0: exp="exists" got="not found"`},
+		"pod recreated with another UID": {request: nodeBoundRequest, pod: func(p *corev1.Pod) { p.UID = "new" }, gets: 2, want: `pod team-a/web-0 metadata.uid: exp="uid-web-0" got="new"`},
+		"pod-token request reads no pod": {request: request, pod: func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }},
+		"a request failing a check reads no pod": {request: func(t *testing.T, name string) *cmapi.CertificateRequest {
+			cr := nodeBoundRequest(t, name)
+			cr.Spec.IsCA = true
+			return cr
+		}, pod: func(*corev1.Pod) {}, want: `spec.isCA: exp="false" got="true"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, flagIssuer, tc.request(t, "nb"))
+			if err := f.kube.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("pods"), namespace, podName); err != nil {
+				t.Fatal(err)
+			}
+			if tc.pod != nil {
+				p := pod()
+				tc.pod(p)
+				if err := f.kube.Tracker().Add(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := f.sync("nb"); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if tc.want == "" {
+				f.expectDecision(cmapi.CertificateRequestConditionApproved, ApprovedMessage, "Normal Approved "+ApprovedMessage)
+			} else {
+				f.expectDecision(cmapi.CertificateRequestConditionDenied, tc.want, "Warning Denied "+tc.want)
+			}
+			if got := f.podGets(); got != tc.gets {
+				t.Errorf("pod reads = %d, want %d", got, tc.gets)
+			}
+		})
+	}
+}
+
+// An error reading the pod is retried, never a denial.
+func TestSyncNodeBoundPodReadErrorRetries(t *testing.T) {
+	f := newFixture(t, flagIssuer, nodeBoundRequest(t, "nb"))
+	f.kube.PrependReactor("get", "pods", func(core.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewServiceUnavailable("etcd is slow")
+	})
+	err := f.sync("nb")
+	if err == nil || !strings.Contains(err.Error(), "get pod team-a/web-0 of a node-bound request") {
+		t.Fatalf("sync = %v, want the pod read's error", err)
+	}
+	f.expectNoActions()
+}
+
+// Each mode is accepted only when configured.
+func TestSyncModeNotAccepted(t *testing.T) {
+	f := newFixture(t, flagIssuer, nodeBoundRequest(t, "nb"))
+	f.ctrl.modes = checks.Modes{PodToken: true}
+	if err := f.sync("nb"); err != nil {
+		t.Fatal(err)
+	}
+	msg := `request mode: exp="pod-token" got="node-bound"`
+	f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
+	if f.podGets() != 0 {
+		t.Error("a request of a mode not accepted read a pod")
+	}
+}
+
+func TestNewNeedsWhatNodeBoundNeeds(t *testing.T) {
+	f := newFixture(t, flagIssuer)
+	informer := NewInformerFactory(f.client, spiffe.DefaultDriverName).Certmanager().V1().CertificateRequests()
+	tracker, _ := settings.New(settings.Options{Flags: withIssuer(flagIssuer)})
+	base := Options{Client: f.client, Informer: informer, Settings: tracker, Recorder: f.recorder}
+	for name, mutate := range map[string]func(*Options){
+		"no mode":                 func(*Options) {},
+		"node-bound without Pods": func(o *Options) { o.Modes.NodeBound, o.DriverUsername, o.DriverName = true, driverUser, "d" },
+		"node-bound without the driver's user": func(o *Options) {
+			o.Modes.NodeBound, o.Pods, o.DriverName = true, f.kube.CoreV1(), "d"
+		},
+		"node-bound without the driver name": func(o *Options) {
+			o.Modes.NodeBound, o.Pods, o.DriverUsername = true, f.kube.CoreV1(), driverUser
+		},
+	} {
+		o := base
+		mutate(&o)
+		if _, err := New(o); err == nil {
+			t.Errorf("%s: New() succeeded", name)
+		}
+	}
+}
+
+// A node-bound request approved only against the previous or the fresh
+// settings still has its pod checked: no path to approval skips it.
+func TestSyncNodeBoundLiveSettingsStillCheckThePod(t *testing.T) {
+	created := metav1.NewTime(decidedAt.Add(-time.Second))
+	changed := switching{active: flagIssuer, prev: flagIssuer, prevUntil: created.Time, fresh: flagIssuer,
+		activeDuration: 2 * time.Hour, prevDuration: time.Hour, freshDuration: 2 * time.Hour}
+	behind := switching{active: flagIssuer, fresh: flagIssuer, activeDuration: 2 * time.Hour, freshDuration: time.Hour}
+	for name, src := range map[string]switching{"previous settings": changed, "fresh settings": behind} {
+		t.Run(name, func(t *testing.T) {
+			cr := nodeBoundRequest(t, "cr")
+			cr.CreationTimestamp = created
+			f := newFixtureWith(t, &src, cr)
+			p := pod()
+			p.Spec.NodeName = "node-b"
+			if _, err := f.kube.CoreV1().Pods(namespace).Update(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.sync("cr"); err != nil {
+				t.Fatal(err)
+			}
+			msg := `pod team-a/web-0 spec.nodeName: exp="node-a" got="node-b"`
+			f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
+		})
 	}
 }

@@ -59,6 +59,11 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 	if err != nil {
 		return err
 	}
+	if denial == nil {
+		if denial, err = c.evaluatePod(ctx, cr, active); err != nil {
+			return err
+		}
+	}
 
 	condType, message, result, check := cmapi.CertificateRequestConditionApproved, ApprovedMessage, metrics.ResultApproved, ""
 	if denial != nil {
@@ -134,14 +139,14 @@ var live = map[string]bool{checks.CheckIssuer: true, checks.CheckDuration: true,
 // means the settings could not be confirmed: retry. seen is a time at which
 // the request is known to exist (it was in the cache).
 func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest, active settings.Settings, seen time.Time) (*checks.Denial, error) {
-	denial := checks.Evaluate(cr, policy(active))
+	denial := checks.Evaluate(cr, c.policy(active))
 	if denial == nil || !live[denial.Check] {
 		return denial, nil
 	}
 	// The trust domain is checked last, once the rest of the identity is
 	// right: under its own issuer and duration, a request that fails
 	// anything but the trust domain fails under any settings.
-	own := policy(active)
+	own := c.policy(active)
 	own.Issuer = checks.Defaulted(cr.Spec.IssuerRef)
 	if cr.Spec.Duration != nil {
 		own.Duration = cr.Spec.Duration.Duration
@@ -151,7 +156,7 @@ func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest,
 	}
 	logger := klog.FromContext(ctx)
 	for _, prev := range c.settings.Previous(cr.CreationTimestamp.Time) {
-		if prev.HasIssuer() && checks.Evaluate(cr, policy(prev)) == nil {
+		if prev.HasIssuer() && checks.Evaluate(cr, c.policy(prev)) == nil {
 			logger.V(2).Info("Request carries settings active before a recent change; approved against those",
 				"certificaterequest", klog.KObj(cr), "check", denial.Check, "previous", prev.String())
 			return nil, nil
@@ -163,7 +168,7 @@ func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest,
 	if err != nil {
 		return nil, fmt.Errorf("confirm the active settings before denying on %s: %w", denial.Check, err)
 	}
-	if fresh != active && fresh.HasIssuer() && checks.Evaluate(cr, policy(fresh)) == nil {
+	if fresh != active && fresh.HasIssuer() && checks.Evaluate(cr, c.policy(fresh)) == nil {
 		logger.V(2).Info("Request carries the settings the API server holds; the watch has not caught up",
 			"certificaterequest", klog.KObj(cr), "check", denial.Check, "fresh", fresh.String())
 		return nil, nil
@@ -171,8 +176,45 @@ func (c *Controller) evaluate(ctx context.Context, cr *cmapi.CertificateRequest,
 	return denial, nil
 }
 
-func policy(s settings.Settings) checks.Policy {
-	return checks.Policy{TrustDomain: s.TrustDomain, Duration: s.Duration, Issuer: s.Issuer}
+func (c *Controller) policy(s settings.Settings) checks.Policy {
+	return checks.Policy{TrustDomain: s.TrustDomain, Duration: s.Duration, Issuer: s.Issuer, Modes: c.modes, DriverUsername: c.driverUser}
+}
+
+// podTimeout bounds the reads of a node-bound request's pod.
+const podTimeout = 5 * time.Second
+
+// evaluatePod checks the pod of a node-bound request, which passed every
+// other check. It reads the pod by name, not from a cache of every pod in
+// the cluster (that would grow with the cluster, in every replica, for one
+// read per issuance): first from the API server's watch cache
+// (resourceVersion 0: no etcd read), and again from etcd before any denial,
+// so that a cache a few milliseconds behind never denies a pod that exists.
+// An approval from the watch cache can miss only what changed in those
+// milliseconds on a pod whose UID and node never change: that it started
+// terminating. A pod that is gone is a denial; an error is retried.
+func (c *Controller) evaluatePod(ctx context.Context, cr *cmapi.CertificateRequest, active settings.Settings) (*checks.Denial, error) {
+	b, ok := checks.NodeBinding(cr, c.policy(active))
+	if !ok {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, podTimeout)
+	defer cancel()
+	var denial *checks.Denial
+	for _, rv := range []string{"0", ""} {
+		pod, err := c.pods.Pods(b.Namespace).Get(ctx, b.PodName, metav1.GetOptions{ResourceVersion: rv})
+		switch {
+		case apierrors.IsNotFound(err):
+			denial = checks.PodNotFound(b)
+		case err != nil:
+			return nil, fmt.Errorf("get pod %s of a node-bound request: %w", b, err)
+		default:
+			denial = checks.EvaluatePod(b, pod, c.driverName)
+		}
+		if denial == nil {
+			return nil, nil
+		}
+	}
+	return denial, nil
 }
 
 // refused records a decision cert-manager would not let be written: an Event

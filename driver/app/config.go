@@ -10,6 +10,7 @@ import (
 
 	"github.com/svid-csi/svid-csi/driver/socket"
 	"github.com/svid-csi/svid-csi/internal/config"
+	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
 
 // Config is everything set by flags.
@@ -29,6 +30,9 @@ type Config struct {
 	MetricsAddress         string // empty: off
 	HealthAddress          string // empty: off
 	MaxConcurrentIssuances int
+	// RequestMode is who creates requests: node-bound (the driver, with its
+	// own pod-bound token) or pod-token (the driver, with the pod's token).
+	RequestMode string
 
 	Version string
 }
@@ -45,6 +49,7 @@ func Defaults() Config {
 		MetricsAddress:         ":9402",
 		HealthAddress:          ":9809",
 		MaxConcurrentIssuances: 10,
+		RequestMode:            spiffe.ModePodToken,
 	}
 }
 
@@ -55,6 +60,8 @@ type Completed struct {
 	// Socket is the CSI socket's path: from --endpoint, or under the
 	// kubelet's plugins directory.
 	Socket string
+	// NodeBound is --request-mode=node-bound.
+	NodeBound bool
 }
 
 // Complete validates the Config, naming the first bad flag, and parses it.
@@ -83,6 +90,8 @@ func (c *Config) Complete() (Completed, error) {
 		return Completed{}, config.Bad("max-concurrent-issuances", "must be positive, got %d", c.MaxConcurrentIssuances)
 	case c.SourceCABundle != "" && !filepath.IsAbs(c.SourceCABundle):
 		return Completed{}, config.Bad("source-ca-bundle", "must be an absolute path, got %q", c.SourceCABundle)
+	case c.RequestMode != spiffe.ModeNodeBound && c.RequestMode != spiffe.ModePodToken:
+		return Completed{}, config.Bad("request-mode", "want %s or %s, got %q", spiffe.ModeNodeBound, spiffe.ModePodToken, c.RequestMode)
 	}
 	if err := config.Address("health-address", c.HealthAddress); err != nil {
 		return Completed{}, err
@@ -96,7 +105,7 @@ func (c *Config) Complete() (Completed, error) {
 			return Completed{}, config.Bad("endpoint", "%v", err)
 		}
 	}
-	return Completed{Config: *c, Parsed: parsed, Socket: sock}, nil
+	return Completed{Config: *c, Parsed: parsed, Socket: sock, NodeBound: c.RequestMode == spiffe.ModeNodeBound}, nil
 }
 
 func badFileName(n string) bool {

@@ -31,6 +31,8 @@ func TestComplete(t *testing.T) {
 		{"qps", func(c *Config) { c.KubeAPIQPS = 0 }, "kube-api-qps"},
 		{"burst", func(c *Config) { c.KubeAPIBurst = 0 }, "kube-api-burst"},
 		{"concurrency", func(c *Config) { c.MaxConcurrentIssuances = 0 }, "max-concurrent-issuances"},
+		{"request mode", func(c *Config) { c.RequestMode = "kubelet" }, "request-mode"},
+		{"request mode empty", func(c *Config) { c.RequestMode = "" }, "request-mode"},
 		{"relative CA bundle", func(c *Config) { c.SourceCABundle = "ca.pem" }, "source-ca-bundle"},
 		{"health address", func(c *Config) { c.HealthAddress = "9809" }, "health-address"},
 		{"metrics address", func(c *Config) { c.MetricsAddress = "localhost" }, "metrics-address"},

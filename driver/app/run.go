@@ -47,9 +47,11 @@ func Run(ctx context.Context, cfg Completed) error {
 	if err != nil {
 		return fmt.Errorf("cert-manager client: %w", err)
 	}
-	podCM, err := podClient(restCfg)
-	if err != nil {
-		return err
+	var podCM cmclient.Interface // pod-token mode only
+	if !cfg.NodeBound {
+		if podCM, err = podClient(restCfg); err != nil {
+			return err
+		}
 	}
 
 	// Trust domain, duration and issuer: from flags, or the ConfigMaps
@@ -61,14 +63,15 @@ func Run(ctx context.Context, cfg Completed) error {
 		return fmt.Errorf("settings: %w", err)
 	}
 
-	// Issuance: requests created as the pod, watched on this node only.
+	// Issuance: requests created as the pod or, node-bound, as the driver,
+	// watched on this node only.
 	waiter, err := issuance.NewWaiter(driverCM, cfg.DriverName, cfg.NodeID)
 	if err != nil {
 		return err
 	}
 	client, err := issuance.New(issuance.Options{
 		DriverName: cfg.DriverName, NodeName: cfg.NodeID, Settings: live,
-		PodClient: podCM, DriverClient: driverCM, Waiter: waiter,
+		NodeBound: cfg.NodeBound, PodClient: podCM, DriverClient: driverCM, Waiter: waiter,
 	})
 	if err != nil {
 		return err
@@ -97,6 +100,7 @@ func Run(ctx context.Context, cfg Completed) error {
 			{Name: "the live settings", Ready: live.HasSynced},
 		},
 		MaxConcurrentIssuances: cfg.MaxConcurrentIssuances,
+		NodeBound:              cfg.NodeBound,
 		Metrics:                m,
 	})
 	if err != nil {
@@ -108,7 +112,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 
 	// CSI, announced to the kubelet.
-	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes})
+	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes, NodeBound: cfg.NodeBound})
 	if err != nil {
 		return err
 	}
@@ -146,7 +150,8 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 
 	logger.Info("Starting driver", "version", cfg.Version, "driver", cfg.DriverName, "node", cfg.NodeID,
-		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "flagTrustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap)
+		logkey.Socket, cfg.Socket, "dataRoot", cfg.DataRoot, "flagTrustDomain", cfg.TrustDomain, "configConfigMap", cfg.ConfigConfigMap,
+		"requestMode", cfg.RequestMode)
 	g := run.NewGroup(ctx)
 	g.Go("settings tracker", live.Run)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })

@@ -27,6 +27,9 @@ type Options struct {
 	Version string
 	NodeID  string
 	Volumes *manager.Manager
+	// NodeBound: requests are made with the driver's own credentials, so
+	// NodePublishVolume needs no pod token (DESIGN 4b).
+	NodeBound bool
 }
 
 // Driver implements the CSI Identity and Node services.

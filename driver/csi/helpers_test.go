@@ -50,7 +50,7 @@ func startDriver(t *testing.T, logger klog.Logger, opts ...testOption) *testDriv
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Options{Name: "spiffe.csi.cert-manager.io", Version: "test", NodeID: "node-1", Volumes: volumes})
+	d, err := New(Options{Name: "spiffe.csi.cert-manager.io", Version: "test", NodeID: "node-1", Volumes: volumes, NodeBound: o.NodeBound})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 // issued and written; a published one (the kubelet republishes about every
 // 10 s) only has its token refreshed.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	p, err := validatePublish(req)
+	p, err := validatePublish(req, !d.opts.NodeBound)
 	if err != nil {
 		return nil, err
 	}

@@ -401,3 +401,23 @@ func TestEveryReasonHasACode(t *testing.T) {
 		t.Errorf("%d codes for %d reasons", len(codeOf), len(failure.All))
 	}
 }
+
+// Node-bound: the request is made with the driver's credentials, so a
+// publish needs no token and a token sent anyway is neither read nor passed on.
+func TestNodeBoundPublishNeedsNoToken(t *testing.T) {
+	td := startDriver(t, testLogger(t), func(o *manager.Options) { o.NodeBound = true })
+	req := td.publishRequest("vol-nb", "tok")
+	delete(req.VolumeContext, keyTokens)
+	if _, err := td.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatalf("node-bound publish without a token: %v", err)
+	}
+	req = td.publishRequest("vol-nb2", "tok")
+	req.VolumeContext[keyTokens] = "{not json" // not read at all
+	if _, err := td.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatalf("node-bound publish with a token it does not read: %v", err)
+	}
+	calls := td.issuer.Calls()
+	if len(calls) != 2 || calls[0].Token != "" || calls[1].Token != "" {
+		t.Errorf("issuer calls %+v, want two without a token", calls)
+	}
+}

@@ -53,8 +53,9 @@ func invalid(format string, args ...any) error {
 func missing(key string) error { return invalid("volume_context[%q] is missing", key) }
 
 // validatePublish checks everything in a NodePublishVolumeRequest before
-// anything is done, and names the first bad field.
-func validatePublish(req *csi.NodePublishVolumeRequest) (*publishParams, error) {
+// anything is done, and names the first bad field. Without needToken (node-
+// bound mode) a token the kubelet sends is not even read.
+func validatePublish(req *csi.NodePublishVolumeRequest, needToken bool) (*publishParams, error) {
 	vc := req.GetVolumeContext()
 	vcap := req.GetVolumeCapability()
 	p := &publishParams{meta: volume.Meta{
@@ -105,6 +106,9 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishParams, error) 
 		if m.FSGroup, err = parseGID("volume_capability.mount.volume_mount_group", vcap.GetMount().GetVolumeMountGroup()); err != nil {
 			return nil, err
 		}
+	}
+	if !needToken {
+		return p, nil
 	}
 	if p.token, err = podToken(req); err != nil {
 		return nil, err

@@ -31,7 +31,8 @@ type Request struct {
 	PodName        string
 	PodUID         string
 	ServiceAccount string
-	// Token is the pod's ServiceAccount token: the request is created as the pod.
+	// Token is the pod's ServiceAccount token: the request is created as
+	// the pod. Unused in node-bound mode.
 	Token string
 }
 
@@ -52,10 +53,15 @@ type Options struct {
 	// Settings give the trust domain, duration and issuer of each new
 	// request (a *settings.Tracker).
 	Settings SettingsSource
-	// PodClient creates requests; it must be built from PodConfig, so each
-	// call carries the token set by withToken.
+	// NodeBound: requests are created with the driver's own credentials
+	// (DriverClient), naming the pod, and the approver checks that the pod
+	// runs on this node; otherwise with each pod's token (PodClient).
+	NodeBound bool
+	// PodClient creates requests in pod-token mode; it must be built from
+	// PodConfig, so each call carries the token set by withToken.
 	PodClient cmclient.Interface
-	// DriverClient deletes requests, with the driver's own credentials.
+	// DriverClient deletes requests, and creates them in node-bound mode,
+	// with the driver's own credentials.
 	DriverClient cmclient.Interface
 	Waiter       *Waiter
 }
@@ -87,8 +93,10 @@ type pendingRequest struct {
 // New returns a Client.
 func New(opts Options) (*Client, error) {
 	switch {
-	case opts.PodClient == nil || opts.DriverClient == nil:
-		return nil, errors.New("issuance: both a pod client and a driver client are required")
+	case opts.DriverClient == nil:
+		return nil, errors.New("issuance: a driver client is required")
+	case opts.PodClient == nil && !opts.NodeBound:
+		return nil, errors.New("issuance: a pod client is required in pod-token mode")
 	case opts.Waiter == nil:
 		return nil, errors.New("issuance: a waiter is required")
 	case opts.Settings == nil:
@@ -273,10 +281,13 @@ func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, erro
 		Namespace: req.Namespace, PodName: req.PodName, PodUID: req.PodUID,
 		CSR: csr, Duration: live.Duration, Issuer: live.Issuer,
 	})
-	created, err := c.opts.PodClient.CertmanagerV1().CertificateRequests(req.Namespace).
-		Create(withToken(ctx, req.Token), cr, metav1.CreateOptions{})
+	client, cctx, as := c.opts.PodClient, withToken(ctx, req.Token), "as ServiceAccount "+req.Namespace+"/"+req.ServiceAccount
+	if c.opts.NodeBound {
+		client, cctx, as = c.opts.DriverClient, ctx, "with the driver's credentials (node-bound) for pod "+req.Namespace+"/"+req.PodName
+	}
+	created, err := client.CertmanagerV1().CertificateRequests(req.Namespace).Create(cctx, cr, metav1.CreateOptions{})
 	if err != nil {
-		return nil, apiError(ctx, fmt.Sprintf("create CertificateRequest as ServiceAccount %s/%s", req.Namespace, req.ServiceAccount), err)
+		return nil, apiError(ctx, "create CertificateRequest "+as, err)
 	}
 	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, made: live, key: key}, nil
 }

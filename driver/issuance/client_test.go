@@ -504,3 +504,35 @@ func TestDurationChange(t *testing.T) {
 		t.Fatalf("got %v after %d creates; want the second denial returned, not retried again", r.err, f.creates.Load())
 	}
 }
+
+// Node-bound: the request is created with the driver's client, without a
+// pod token, and names the pod; the pod client is never used.
+func TestNodeBoundCreatesWithTheDriversCredentials(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	podClient := fake.NewSimpleClientset()
+	var err error
+	f.client, err = New(Options{
+		DriverName: spiffe.DefaultDriverName, NodeName: "node-1", NodeBound: true,
+		Settings: f.client.opts.Settings, PodClient: podClient, DriverClient: f.cs, Waiter: f.client.opts.Waiter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := testRequest
+	req.Token = ""
+	ch := f.issueAsync(f.ctx, req)
+	cr := f.created(t)
+	if cr.Annotations[spiffe.PodNameAnnotation] != "app-0" || cr.Annotations[spiffe.PodUIDAnnotation] != "uid-1" || cr.OwnerReferences[0].UID != "uid-1" {
+		t.Errorf("request does not name its pod: %+v", cr.ObjectMeta)
+	}
+	f.sign(t, cr)
+	if r := <-ch; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := len(podClient.Actions()); n != 0 {
+		t.Errorf("node-bound mode made %d calls with the pod client: %v", n, podClient.Actions())
+	}
+	if _, err := New(Options{Settings: f.client.opts.Settings, DriverClient: f.cs, Waiter: f.client.opts.Waiter}); err == nil {
+		t.Error("New accepted pod-token mode without a pod client")
+	}
+}

@@ -80,7 +80,8 @@ func TestBuildRequest(t *testing.T) {
 		t.Errorf("name %q generateName %q", cr.Name, cr.GenerateName)
 	case cr.Namespace != "team-a":
 		t.Errorf("namespace %q", cr.Namespace)
-	case cr.Annotations[spiffe.IdentityAnnotation] != "spiffe://cluster.local/ns/team-a/sa/app" || len(cr.Annotations) != 1:
+	case cr.Annotations[spiffe.IdentityAnnotation] != "spiffe://cluster.local/ns/team-a/sa/app" || cr.Annotations[spiffe.PodNamespaceAnnotation] != "team-a" ||
+		cr.Annotations[spiffe.PodNameAnnotation] != "app-0" || cr.Annotations[spiffe.PodUIDAnnotation] != "uid-1" || len(cr.Annotations) != 4:
 		t.Errorf("annotations %v", cr.Annotations)
 	case cr.Labels[spiffe.DriverLabel] != spiffe.DefaultDriverName || cr.Labels[spiffe.NodeLabel] != spiffe.NodeLabelValue(long) || len(cr.Labels[spiffe.NodeLabel]) != 63:
 		t.Errorf("labels %v", cr.Labels)

@@ -31,7 +31,7 @@ const maxGenerateName = 200
 
 // buildRequest returns the CertificateRequest to create in the pod's
 // namespace: named after the pod (generateName, so names never collide),
-// annotated with the identity, labelled for the approver and for this node's
+// annotated with the identity and the pod, labelled for the approver and for this node's
 // informer, owned by the pod so it is garbage-collected with it. The owner
 // reference sets neither controller nor blockOwnerDeletion: the latter needs
 // delete permission on pods, which a pod's ServiceAccount does not have.
@@ -44,7 +44,12 @@ func buildRequest(p requestParams) *cmapi.CertificateRequest {
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: prefix + "-",
 			Namespace:    p.Namespace,
-			Annotations:  map[string]string{spiffe.IdentityAnnotation: p.ID},
+			Annotations: map[string]string{
+				spiffe.IdentityAnnotation:     p.ID,
+				spiffe.PodNamespaceAnnotation: p.Namespace,
+				spiffe.PodNameAnnotation:      p.PodName,
+				spiffe.PodUIDAnnotation:       p.PodUID,
+			},
 			Labels: map[string]string{
 				spiffe.DriverLabel: p.DriverName,
 				spiffe.NodeLabel:   spiffe.NodeLabelValue(p.NodeName),

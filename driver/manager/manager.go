@@ -56,6 +56,9 @@ type Options struct {
 	CABundle func() []byte
 	// Checks must all pass, after recovery, before a first publish.
 	Checks []Check
+	// NodeBound: the Issuer makes requests with the driver's own
+	// credentials; volumes need no pod token, first or at renewal.
+	NodeBound bool
 
 	// MaxConcurrentIssuances bounds issuances in flight across all volumes.
 	MaxConcurrentIssuances int

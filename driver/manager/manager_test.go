@@ -563,3 +563,29 @@ func TestRefreshCADoesNotWaitForAStuckRenewal(t *testing.T) {
 		}
 	}
 }
+
+// Node-bound: volumes have no pod token, first or at renewal; a renewal
+// falls due and runs without waiting for a republish.
+func TestNodeBoundRenewsWithoutToken(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	fc := clocktesting.NewFakeClock(t0)
+	tm := start(t, func(o *Options) {
+		o.Clock = fc
+		o.Jitter = func() float64 { return 0.5 }
+		o.NodeBound = true
+	})
+	md := tm.meta("vol-1")
+	if err := tm.m.Publish(tm.ctx, md, Token{}); err != nil {
+		t.Fatalf("node-bound publish without a token: %v", err)
+	}
+	_, oldNA := tm.m.lookup("vol-1").validity()
+	eventually(t, "the scheduler's timer", fc.HasWaiters)
+	fc.SetTime(t0.Add(37 * time.Minute))
+	eventually(t, "the renewal", func() bool {
+		_, na := tm.m.lookup("vol-1").validity()
+		return na.After(oldNA)
+	})
+	if calls := tm.issuer.Calls(); len(calls) != 2 || calls[0].Token != "" || calls[1].Token != "" {
+		t.Errorf("calls = %+v, want a publish and a renewal without a token", calls)
+	}
+}

@@ -128,9 +128,12 @@ func (m *Manager) issue(ctx context.Context, v *vol) (*issuance.Result, error) {
 	}
 	defer func() { <-m.sem }()
 	// Read after the wait for a slot: a token that expired meanwhile is not sent.
-	token, ok := v.freshToken(m.opts.Clock.Now())
-	if !ok {
-		return nil, failure.New(failure.Token, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
+	var token string
+	if !m.opts.NodeBound {
+		var ok bool
+		if token, ok = v.freshToken(m.opts.Clock.Now()); !ok {
+			return nil, failure.New(failure.Token, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
+		}
 	}
 	return m.opts.Issuer.Issue(ctx, issuance.Request{
 		VolumeID: v.meta.VolumeID, Namespace: v.meta.PodNamespace, PodName: v.meta.PodName,

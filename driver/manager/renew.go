@@ -32,10 +32,12 @@ func (m *Manager) renew(ctx context.Context, id string) {
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, id, logkey.Pod, klog.KRef(v.meta.PodNamespace, v.meta.PodName))
 	ctx = klog.NewContext(ctx, logger)
-	if _, ok := v.freshToken(m.opts.Clock.Now()); !ok {
-		// Nothing to send yet: the next republish (about every 10 s) reschedules.
-		logger.V(2).Info("Renewal due; waiting for a fresh token from the next republish")
-		return
+	if !m.opts.NodeBound { // node-bound: the driver's own credentials, no pod token to wait for
+		if _, ok := v.freshToken(m.opts.Clock.Now()); !ok {
+			// Nothing to send yet: the next republish (about every 10 s) reschedules.
+			logger.V(2).Info("Renewal due; waiting for a fresh token from the next republish")
+			return
+		}
 	}
 	unlock, err := m.locks.Lock(ctx, id)
 	if err != nil {

@@ -115,12 +115,12 @@ func (s *Shared) Complete() (Parsed, error) {
 	}
 	p.Settings.Duration = s.CertificateRequestDuration
 	if s.RuntimeIssuanceConfigMap != "" {
-		if p.IssuerConfigMap, err = settings.ParseConfigMap(s.RuntimeIssuanceConfigMap); err != nil {
+		if p.IssuerConfigMap, err = settings.ParseNamespacedName(s.RuntimeIssuanceConfigMap); err != nil {
 			return Parsed{}, Bad("runtime-issuance-configmap", "%v", err)
 		}
 	}
 	if s.ConfigConfigMap != "" {
-		if p.ConfigConfigMap, err = settings.ParseConfigMap(s.ConfigConfigMap); err != nil {
+		if p.ConfigConfigMap, err = settings.ParseNamespacedName(s.ConfigConfigMap); err != nil {
 			return Parsed{}, Bad("config-configmap", "%v", err)
 		}
 	}

@@ -140,9 +140,10 @@ func fromConfigConfigMap(cm *corev1.ConfigMap, flags Settings) (layer, error) {
 	return l, nil
 }
 
-// ParseConfigMap parses the value of a flag naming a ConfigMap,
+// ParseNamespacedName parses the value of a flag naming a namespaced object
+// (a ConfigMap, a ServiceAccount),
 // "<namespace>/<name>".
-func ParseConfigMap(s string) (types.NamespacedName, error) {
+func ParseNamespacedName(s string) (types.NamespacedName, error) {
 	ns, name, found := strings.Cut(s, "/")
 	if !found || ns == "" || name == "" || strings.Contains(name, "/") {
 		return types.NamespacedName{}, fmt.Errorf("%q: want <namespace>/<name>", s)

@@ -223,19 +223,19 @@ func TestErrNoIssuerSaysHowToConfigure(t *testing.T) {
 	}
 }
 
-func TestParseConfigMap(t *testing.T) {
+func TestParseNamespacedName(t *testing.T) {
 	for in, want := range map[string]types.NamespacedName{
 		"cert-manager/svid-csi-issuer": {Namespace: "cert-manager", Name: "svid-csi-issuer"},
 		"a/b.c":                        {Namespace: "a", Name: "b.c"},
 	} {
-		got, err := ParseConfigMap(in)
+		got, err := ParseNamespacedName(in)
 		if err != nil || got != want {
-			t.Errorf("ParseConfigMap(%q) = %v, %v; want %v", in, got, err, want)
+			t.Errorf("ParseNamespacedName(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "name", "/name", "ns/", "ns/a/b", "NS/name", "ns/Name_"} {
-		if got, err := ParseConfigMap(in); err == nil {
-			t.Errorf("ParseConfigMap(%q) = %v, want an error", in, got)
+		if got, err := ParseNamespacedName(in); err == nil {
+			t.Errorf("ParseNamespacedName(%q) = %v, want an error", in, got)
 		}
 	}
 }

@@ -29,6 +29,22 @@ const (
 	ConditionReason = "spiffe.csi.cert-manager.io"
 )
 
+// Request modes (DESIGN 4b), as the flags spell them: who creates a request.
+const (
+	// ModeNodeBound: the driver, with its own pod-bound token, naming the pod.
+	ModeNodeBound = "node-bound"
+	// ModePodToken: the driver, with the pod's own token.
+	ModePodToken = "pod-token"
+)
+
+// The pod a request is for, in annotations next to the identity: in
+// node-bound mode the approver checks that very pod runs on the driver's node.
+const (
+	PodNamespaceAnnotation = "spiffe.csi.cert-manager.io/pod-namespace"
+	PodNameAnnotation      = "spiffe.csi.cert-manager.io/pod-name"
+	PodUIDAnnotation       = "spiffe.csi.cert-manager.io/pod-uid"
+)
+
 // Usages are exactly the key usages of every request, in the order the driver sends them.
 var Usages = []cmapi.KeyUsage{
 	cmapi.UsageKeyEncipherment,

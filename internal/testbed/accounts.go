@@ -106,16 +106,20 @@ func (b *Bed) ClientsAs(ctx context.Context, namespace, sa string) (*ServiceAcco
 	if err != nil {
 		return nil, err
 	}
-	cfg := b.TokenConfig(tok.Token)
+	return b.clientsFor(namespace+"/"+sa, tok.Token)
+}
+
+func (b *Bed) clientsFor(who, token string) (*ServiceAccountClients, error) {
+	cfg := b.TokenConfig(token)
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("client as %s/%s: %w", namespace, sa, err)
+		return nil, fmt.Errorf("client as %s: %w", who, err)
 	}
 	cm, err := cmclient.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cert-manager client as %s/%s: %w", namespace, sa, err)
+		return nil, fmt.Errorf("cert-manager client as %s: %w", who, err)
 	}
-	return &ServiceAccountClients{Kube: kube, CertManager: cm, Token: tok.Token}, nil
+	return &ServiceAccountClients{Kube: kube, CertManager: cm, Token: token}, nil
 }
 
 // WriteServiceAccountKubeconfig writes a kubeconfig that authenticates as the
@@ -123,6 +127,70 @@ func (b *Bed) ClientsAs(ctx context.Context, namespace, sa string) (*ServiceAcco
 // cluster. Programs under test run with it.
 func (b *Bed) WriteServiceAccountKubeconfig(ctx context.Context, path, namespace, sa string) error {
 	tok, err := b.Token(ctx, namespace, sa, TokenOptions{Seconds: 24 * 3600})
+	if err != nil {
+		return err
+	}
+	return b.WriteKubeconfig(path, tok.Token, "", "")
+}
+
+// IdlePod is a Pod object that never runs (no kubelet picks it up): what a
+// pod-bound token and the approver's pod check need.
+type IdlePod struct {
+	Namespace, Name, ServiceAccount string
+	// Node is spec.nodeName; empty: not scheduled.
+	Node string
+	// Driver, when set, gives the pod an inline CSI volume of that driver.
+	Driver string
+}
+
+// CreateIdlePod creates the pod (its ServiceAccount must exist).
+func (b *Bed) CreateIdlePod(ctx context.Context, p IdlePod) (*corev1.Pod, error) {
+	no := false
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
+		Spec: corev1.PodSpec{
+			NodeName:                     p.Node,
+			ServiceAccountName:           p.ServiceAccount,
+			AutomountServiceAccountToken: &no,
+			Containers:                   []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10"}},
+		},
+	}
+	if p.Driver != "" {
+		yes := true
+		pod.Spec.Volumes = []corev1.Volume{{Name: "spiffe", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: p.Driver, ReadOnly: &yes}}}}
+	}
+	created, err := b.Kube.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("create Pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return created, nil
+}
+
+// ClientsAsPod returns clients that authenticate as the pod's ServiceAccount
+// with a token bound to the pod, as the kubelet gives one to a pod (or to a
+// CSI driver for it): the API server puts the pod's name and UID, and its
+// node's, into the user's extra.
+func (b *Bed) ClientsAsPod(ctx context.Context, pod *corev1.Pod) (*ServiceAccountClients, error) {
+	tok, err := b.Token(ctx, pod.Namespace, pod.Spec.ServiceAccountName, TokenOptions{Seconds: 3600, BoundPod: pod})
+	if err != nil {
+		return nil, err
+	}
+	return b.clientsFor(pod.Namespace+"/"+pod.Name, tok.Token)
+}
+
+// WriteNodeBoundKubeconfig writes a kubeconfig that authenticates as the
+// ServiceAccount with a long-lived token bound to a pod of it on node, as
+// the kubelet gives the driver's DaemonSet pod its token: the Node (if
+// missing) and an idle Pod named <sa>-<node> are created for it.
+func (b *Bed) WriteNodeBoundKubeconfig(ctx context.Context, path, namespace, sa, node string) error {
+	if _, err := b.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create Node %s: %w", node, err)
+	}
+	pod, err := b.CreateIdlePod(ctx, IdlePod{Namespace: namespace, Name: sa + "-" + node, ServiceAccount: sa, Node: node})
+	if err != nil {
+		return err
+	}
+	tok, err := b.Token(ctx, namespace, sa, TokenOptions{Seconds: 24 * 3600, BoundPod: pod})
 	if err != nil {
 		return err
 	}

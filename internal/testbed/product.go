@@ -22,7 +22,6 @@ const (
 	ExampleIssuer     = "svid-csi-ca"     // the CA ClusterIssuer, and its Certificate and Secret
 	DriverDaemonSet   = "svid-csi-driver" // in CertManagerNamespace
 	ApproverName      = "svid-csi-approver"
-	WorkloadRole      = "svid-csi-workload" // the ClusterRole workloads are bound to
 	productFieldOwner = "svid-csi-testbed"
 )
 

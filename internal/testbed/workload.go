@@ -8,7 +8,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -20,10 +19,10 @@ const SVIDMountPath = "/var/run/secrets/spiffe.io"
 // WorkloadServiceAccount is the ServiceAccount of the bed's workloads.
 const WorkloadServiceAccount = "app"
 
-// CreateWorkloadNamespace makes a namespace with the ServiceAccount "app"
-// bound to the shipped svid-csi-workload ClusterRole, as docs/deploy.md tells
-// users to, and returns its name: name itself, or with generate a name
-// generated from it.
+// CreateWorkloadNamespace makes a namespace with the ServiceAccount "app",
+// with no RBAC at all (the example overlay is node-bound: workloads need
+// none), and returns its name: name itself, or with generate a name generated
+// from it.
 func (b *Bed) CreateWorkloadNamespace(ctx context.Context, name string, generate bool) (string, error) {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	if generate {
@@ -35,14 +34,6 @@ func (b *Bed) CreateWorkloadNamespace(ctx context.Context, name string, generate
 	}
 	if err := b.CreateServiceAccount(ctx, created.Name, WorkloadServiceAccount); err != nil {
 		return "", err
-	}
-	rb := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: WorkloadRole, Namespace: created.Name},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: WorkloadRole},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: WorkloadServiceAccount, Namespace: created.Name}},
-	}
-	if _, err := b.Kube.RbacV1().RoleBindings(created.Name).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
-		return "", fmt.Errorf("bind %s in %s: %w", WorkloadRole, created.Name, err)
 	}
 	return created.Name, nil
 }

@@ -14,34 +14,57 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/svid-csi/svid-csi/internal/spiffe"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
 
 // BenchmarkBurst measures the approver on a burst of requests created at
 // once (20 clients in parallel): decisions a second, and time from each
-// create's return to the decision seen on a watch. Run with -benchtime=1x.
+// create's return to the decision seen on a watch. In the same run, both
+// modes: pod-token (no pod to read) and node-bound (one GET of the pod per
+// decision), so the pod check's cost is the difference. Run with
+// -benchtime=1x.
 func BenchmarkBurst(b *testing.B) {
 	for _, n := range []int{100, 1000} {
-		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			p := startApprover(b, "approver-bench-"+strconv.Itoa(n), "--leader-election=false")
-			defer p.Stop(15, 10*time.Second)
-			for range b.N {
-				burst(b, n)
-			}
-		})
+		for _, mode := range []string{spiffe.ModePodToken, spiffe.ModeNodeBound} {
+			b.Run(strconv.Itoa(n)+"/"+mode, func(b *testing.B) {
+				p := startApprover(b, "approver-bench-"+mode+"-"+strconv.Itoa(n), "--leader-election=false",
+					"--request-modes="+mode, "--driver-service-account="+testbed.CertManagerNamespace+"/"+driverSA)
+				defer p.Stop(15, 10*time.Second)
+				// A first burst, not measured: connections, caches and the
+				// webhook warm, as in a cluster that has been running.
+				burst(b, 50, mode)
+				b.ResetTimer()
+				for range b.N {
+					burst(b, n, mode)
+				}
+			})
+		}
 	}
 }
 
-func burst(b *testing.B, n int) {
+func burst(b *testing.B, n int, mode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	tn := newTenant(b, "bench")
 	// Requests are crafted before the clock starts: key generation is the driver's cost, not the approver's.
 	reqs := make([]*cmapi.CertificateRequest, n)
-	for i := range reqs {
-		reqs[i] = tn.request(b, requestOpts{})
+	var ns string
+	var creator *testbed.ServiceAccountClients
+	if mode == spiffe.ModeNodeBound {
+		nb := setupNodeBound(b)
+		ns, creator = nb.namespace(b), nb.drivers["node-a"]
+		pod := nb.workload(b, ns, "web", "node-a", spiffe.DefaultDriverName)
+		for i := range reqs {
+			reqs[i] = nb.request(b, pod, "app")
+		}
+	} else {
+		tn := newTenant(b, "bench")
+		ns, creator = tn.ns, tn.as
+		for i := range reqs {
+			reqs[i] = tn.request(b, requestOpts{})
+		}
 	}
-	w, err := bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Watch(ctx, metav1.ListOptions{})
+	w, err := bed.CertManager.CertmanagerV1().CertificateRequests(ns).Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,7 +80,7 @@ func burst(b *testing.B, n int) {
 	for range 20 {
 		wg.Go(func() {
 			for cr := range next {
-				got, err := tn.as.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Create(ctx, cr, metav1.CreateOptions{})
+				got, err := creator.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, cr, metav1.CreateOptions{})
 				if err != nil {
 					b.Error(err)
 					continue
@@ -92,6 +115,9 @@ func burst(b *testing.B, n int) {
 			}
 			cr := ev.Object.(*cmapi.CertificateRequest)
 			if _, seen := decidedAt[cr.Name]; !seen && decided(cr) != nil {
+				if c := decided(cr); c.Type != cmapi.CertificateRequestConditionApproved {
+					b.Fatalf("%s denied: %s", cr.Name, c.Message)
+				}
 				decidedAt[cr.Name] = time.Now()
 			}
 		case <-ctx.Done():
@@ -160,4 +186,68 @@ func usage(b *testing.B, p *testbed.Process) testbed.Usage {
 		b.Fatal(err)
 	}
 	return u
+}
+
+// BenchmarkPodRead measures what the pod check adds to a node-bound
+// decision: the GET of the request's pod as the approver sends it (from the
+// watch cache; from etcd too, before a denial), next to the status write
+// every decision makes. One call at a time, 400 each. Run with -benchtime=1x.
+func BenchmarkPodRead(b *testing.B) {
+	ctx := context.Background()
+	nb := setupNodeBound(b)
+	ns := nb.namespace(b)
+	pod := nb.workload(b, ns, "web", "node-a", spiffe.DefaultDriverName)
+	tn := newTenant(b, "podread")
+	const n = 400
+	timed := func(op func() error) (time.Duration, error) {
+		start := time.Now()
+		err := op()
+		return time.Since(start), err
+	}
+	for _, tc := range []struct {
+		name string
+		op   func() (time.Duration, error)
+	}{
+		{"get-watch-cache", func() (time.Duration, error) {
+			return timed(func() error {
+				_, err := bed.Kube.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{ResourceVersion: "0"})
+				return err
+			})
+		}},
+		{"get-etcd", func() (time.Duration, error) {
+			return timed(func() error {
+				_, err := bed.Kube.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+				return err
+			})
+		}},
+		// The decision's own write, through cert-manager's webhook (a
+		// SubjectAccessReview): a Denied condition on a fresh request, the
+		// create before it not timed.
+		{"status-write", func() (time.Duration, error) {
+			cr, err := tn.as.CertManager.CertmanagerV1().CertificateRequests(tn.ns).Create(ctx, tn.request(b, requestOpts{}), metav1.CreateOptions{})
+			if err != nil {
+				return 0, err
+			}
+			cr.Status.Conditions = append(cr.Status.Conditions, cmapi.CertificateRequestCondition{
+				Type: cmapi.CertificateRequestConditionDenied, Status: "True", Reason: "bench", Message: "bench"})
+			return timed(func() error {
+				_, err := bed.CertManager.CertmanagerV1().CertificateRequests(tn.ns).UpdateStatus(ctx, cr, metav1.UpdateOptions{})
+				return err
+			})
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			lat := make([]time.Duration, 0, n)
+			for range n {
+				d, err := tc.op()
+				if err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, d)
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
 }

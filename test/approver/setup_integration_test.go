@@ -13,6 +13,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -95,10 +96,12 @@ func startApprover(t testing.TB, name string, extra ...string) *testbed.Process 
 	return p
 }
 
-// tenant is a namespace with a ServiceAccount allowed to create requests, and
-// clients acting as it.
+// tenant is a namespace with a ServiceAccount allowed to create requests, a
+// pod of it, and clients acting as that pod (pod-token mode: a token bound
+// to the pod, as the kubelet hands the driver).
 type tenant struct {
 	ns, sa string
+	pod    *corev1.Pod
 	as     *testbed.ServiceAccountClients
 }
 
@@ -118,11 +121,15 @@ func newTenant(t testing.TB, prefix string) *tenant {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	as, err := bed.ClientsAs(ctx, ns, sa)
+	pod, err := bed.CreateIdlePod(ctx, testbed.IdlePod{Namespace: ns, Name: "app-0", ServiceAccount: sa})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tenant{ns: ns, sa: sa, as: as}
+	as, err := bed.ClientsAsPod(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tenant{ns: ns, sa: sa, pod: pod, as: as}
 }
 
 func (tn *tenant) id() string { return fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", tn.ns, tn.sa) }
@@ -166,7 +173,10 @@ func (tn *tenant) request(t testing.TB, o requestOpts) *cmapi.CertificateRequest
 		o.issuerGroup = "cert-manager.io"
 	}
 	cr := &cmapi.CertificateRequest{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "svid-", Namespace: tn.ns, Labels: map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName}},
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "svid-", Namespace: tn.ns, Labels: map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: tn.pod.Name, UID: tn.pod.UID}},
+		},
 		Spec: cmapi.CertificateRequestSpec{
 			Request:   csr,
 			Duration:  &metav1.Duration{Duration: o.duration},

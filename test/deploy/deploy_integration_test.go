@@ -17,14 +17,10 @@ import (
 	"testing"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 	"github.com/svid-csi/svid-csi/internal/testbed"
@@ -222,6 +218,8 @@ func TestRBAC(t *testing.T) {
 		{approver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/svid-csi-ca"}, true},
 		{approver, access{verb: "create", resource: "events", namespace: "app"}, true},
 		{approver, access{verb: "create", group: "events.k8s.io", resource: "events", namespace: "app"}, true},
+		// Node-bound: the pod a request names, by name.
+		{approver, access{verb: "get", resource: "pods", namespace: "app", name: "web-0"}, true},
 		{approver, access{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: namespace}, true},
 		{approver, access{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "svid-csi-approver"}, true},
 		{approver, access{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "svid-csi-approver"}, true},
@@ -231,6 +229,9 @@ func TestRBAC(t *testing.T) {
 		// Never:
 		{approver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, false},
 		{approver, access{verb: "update", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		{approver, access{verb: "list", resource: "pods", namespace: "app"}, false},
+		{approver, access{verb: "watch", resource: "pods"}, false},
+		{approver, access{verb: "update", resource: "pods", namespace: "app", name: "web-0"}, false},
 		{approver, access{verb: "get", resource: "secrets", namespace: namespace, name: "svid-csi-ca"}, false},
 		{approver, access{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "cert-manager-controller"}, false},
 		{approver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "other"}, false},
@@ -246,9 +247,12 @@ func TestRBAC(t *testing.T) {
 		{driver, access{verb: "get", resource: "configmaps", namespace: namespace, name: "svid-csi-issuer"}, true},
 		{driver, access{verb: "watch", resource: "configmaps", namespace: namespace, fieldSelector: "metadata.name=svid-csi-issuer", name: "svid-csi-issuer"}, true},
 		{driver, access{verb: "create", resource: "events", namespace: "app"}, true},
-		// Never: it creates requests with each pod's token, and approves nothing.
-		{driver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		// Node-bound: it creates each pod's request with its own token.
+		{driver, access{verb: "create", group: cm, resource: "certificaterequests", namespace: "app"}, true},
+		// Never: it approves nothing, reads no pod.
 		{driver, access{verb: "update", group: cm, resource: "certificaterequests", subresource: "status", namespace: "app"}, false},
+		{driver, access{verb: "update", group: cm, resource: "certificaterequests", namespace: "app"}, false},
+		{driver, access{verb: "get", resource: "pods", namespace: "app", name: "web-0"}, false},
 		{driver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/*"}, false},
 		{driver, access{verb: "approve", group: cm, resource: "signers", name: "clusterissuers.cert-manager.io/svid-csi-ca"}, false},
 		{driver, access{verb: "get", resource: "secrets", namespace: namespace, name: "svid-csi-ca"}, false},
@@ -263,15 +267,15 @@ func TestRBAC(t *testing.T) {
 
 // The example overlay works end to end with the real binaries: its CA chain
 // becomes Ready; the approver runs with exactly the rendered args and only the
-// rendered RBAC, and approves a request of a ServiceAccount bound to the
-// svid-csi-workload ClusterRole; the driver, with its rendered args (host paths
-// moved under a temp dir), its RBAC and the rendered CSIDriver object, mounts
-// an SVID and the CA bundle into a pod's volume.
+// rendered RBAC; the driver, with its rendered args (host paths moved under a
+// temp dir), its RBAC, a token bound to a pod of its ServiceAccount on its
+// node (as its DaemonSet pod has) and the rendered CSIDriver object, mounts
+// an SVID of the example CA and the CA bundle into the volume of a pod whose
+// ServiceAccount has no RBAC at all.
 func TestExampleEndToEnd(t *testing.T) {
 	objs := applyExample(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmc := bed.CertManager.CertmanagerV1()
 
 	// The bed's cert-manager runs the Certificate loops too, and no
 	// cert-manager approver (as recommended with svid-csi: docs/deploy.md):
@@ -313,7 +317,8 @@ func TestExampleEndToEnd(t *testing.T) {
 		t.Fatalf("approver never ready: %v", err)
 	}
 
-	// A workload namespace, its ServiceAccount bound to svid-csi-workload.
+	// A workload namespace and ServiceAccount with no RBAC at all: the
+	// example is node-bound.
 	ns, err := bed.CreateNamespace(ctx, "deploy")
 	if err != nil {
 		t.Fatal(err)
@@ -322,65 +327,7 @@ func TestExampleEndToEnd(t *testing.T) {
 	if err := bed.CreateServiceAccount(ctx, ns, sa); err != nil {
 		t.Fatal(err)
 	}
-	rb := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "svid-csi-workload", Namespace: ns},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "svid-csi-workload"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}},
-	}
-	if _, err := bed.Kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	as, err := bed.ClientsAs(ctx, ns, sa)
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", ns, sa)
-	cr := &cmapi.CertificateRequest{
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "svid-", Namespace: ns,
-			Labels:      map[string]string{spiffe.DriverLabel: spiffe.DefaultDriverName},
-			Annotations: map[string]string{spiffe.IdentityAnnotation: id},
-		},
-		Spec: cmapi.CertificateRequestSpec{
-			Request:   newCSR(t, id),
-			Duration:  &metav1.Duration{Duration: time.Hour},
-			Usages:    spiffe.Usages,
-			IssuerRef: cmmeta.IssuerReference{Name: "svid-csi-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"},
-		},
-	}
-	created, err := as.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, cr, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create a CertificateRequest as %s/%s (bound to svid-csi-workload): %v", ns, sa, err)
-	}
-	var last *cmapi.CertificateRequest
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		last, err = cmc.CertificateRequests(ns).Get(ctx, created.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		return len(last.Status.Certificate) > 0, nil
-	})
-	if err != nil {
-		t.Fatalf("request %s/%s never issued: %v; status %+v\napprover log:\n%s", ns, created.Name, err, last.Status, p.Tail(8<<10))
-	}
-	if c := testbed.Decided(last); c == nil || c.Type != cmapi.CertificateRequestConditionApproved {
-		t.Fatalf("request %s/%s: issued without the approver's approval: %+v", ns, created.Name, last.Status.Conditions)
-	}
-	block, _ := pem.Decode(last.Status.Certificate)
-	if block == nil {
-		t.Fatal("issued certificate is not PEM")
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
-		t.Errorf("issued URIs %v, want [%s]", leaf.URIs, id)
-	}
-	if leaf.Issuer.CommonName != "svid-csi-ca" {
-		t.Errorf("issued by %q, want the example CA svid-csi-ca", leaf.Issuer.CommonName)
-	}
-
 	t.Run("driver", func(t *testing.T) { runDriver(ctx, t, objs, ns, sa, id) })
 }
 
@@ -431,7 +378,7 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		t.Fatal(err)
 	}
 	kubeconfig := filepath.Join(bed.Dir, "deploy-driver.kubeconfig")
-	if err := bed.WriteServiceAccountKubeconfig(ctx, kubeconfig, namespace, driverName); err != nil {
+	if err := bed.WriteNodeBoundKubeconfig(ctx, kubeconfig, namespace, driverName, node); err != nil {
 		t.Fatal(err)
 	}
 	args = append(args, "--kubeconfig="+kubeconfig)
@@ -480,6 +427,9 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 	}
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
 		t.Errorf("tls.crt URIs %v, want [%s]", leaf.URIs, id)
+	}
+	if leaf.Issuer.CommonName != "svid-csi-ca" {
+		t.Errorf("issued by %q, want the example CA svid-csi-ca", leaf.Issuer.CommonName)
 	}
 	if _, err := os.Stat(filepath.Join(vol.TargetPath, "tls.key")); err != nil {
 		t.Error(err)

@@ -91,6 +91,7 @@ func TestEveryTarget(t *testing.T) {
 		t.Run(tg.name, func(t *testing.T) {
 			objs := render(t, tg.dir).objects
 			t.Run("CSIDriver", func(t *testing.T) { checkCSIDriver(t, objs) })
+			t.Run("request mode", func(t *testing.T) { checkRequestMode(t, objs) })
 			t.Run("namespaces", func(t *testing.T) { checkNamespaces(t, objs) })
 			ds, dep := workloads(t, objs)
 			t.Run("driver args", func(t *testing.T) { checkArgs(t, objs, &ds.Spec.Template.Spec, driverFlags) })
@@ -125,14 +126,10 @@ func checkCSIDriver(t *testing.T, objs []*unstructured.Unstructured) {
 		t.Error("podInfoOnMount must be true")
 	case len(s.VolumeLifecycleModes) != 1 || s.VolumeLifecycleModes[0] != storagev1.VolumeLifecycleEphemeral:
 		t.Errorf("volumeLifecycleModes %v, want [Ephemeral]", s.VolumeLifecycleModes)
-	case len(s.TokenRequests) != 1 || s.TokenRequests[0].Audience != "":
-		t.Errorf("tokenRequests %+v, want [{audience: \"\"}]", s.TokenRequests)
 	case s.RequiresRepublish == nil || !*s.RequiresRepublish:
 		t.Error("requiresRepublish must be true")
 	case s.FSGroupPolicy == nil || *s.FSGroupPolicy != storagev1.FileFSGroupPolicy:
 		t.Error("fsGroupPolicy must be File")
-	case s.ServiceAccountTokenInSecrets == nil || !*s.ServiceAccountTokenInSecrets:
-		t.Error("serviceAccountTokenInSecrets must be true")
 	}
 	ds, dep := workloads(t, objs)
 	for _, spec := range []*corev1.PodSpec{&ds.Spec.Template.Spec, &dep.Spec.Template.Spec} {
@@ -144,6 +141,7 @@ func checkCSIDriver(t *testing.T, objs []*unstructured.Unstructured) {
 
 var clusterScoped = map[string]bool{
 	"CSIDriver": true, "ClusterRole": true, "ClusterRoleBinding": true, "ClusterIssuer": true,
+	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
 }
 
 // No Namespace object (a prune would delete cert-manager), and everything
@@ -713,5 +711,59 @@ func TestKubeletRootDirNeedsTheKey(t *testing.T) {
 	}
 	if _, err := testbed.Render(fs, "/overlay"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The request modes are consistent across the objects: the approver accepts
+// the driver's mode; the driver may create requests and the approver get
+// pods (node-bound, whichever mode the driver is in: the approver always
+// accepts node-bound, whose checks are the stricter); pod-token, when the
+// approver accepts it, gets the pods' tokens from the kubelet and the
+// workload ClusterRole, and neither exists otherwise.
+func checkRequestMode(t *testing.T, objs []*unstructured.Unstructured) {
+	ds, dep := workloads(t, objs)
+	mode, _ := flagValue(expandArgs(t, objs, ds.Spec.Template.Spec.Containers[0]), "request-mode")
+	approverArgs := expandArgs(t, objs, dep.Spec.Template.Spec.Containers[0])
+	v, _ := flagValue(approverArgs, "request-modes")
+	modes := strings.Split(v, ",")
+	if !slices.Contains(modes, mode) {
+		t.Fatalf("driver --request-mode=%s, approver --request-modes=%s: the driver's requests would all be denied", mode, v)
+	}
+	if !slices.Contains(modes, spiffe.ModeNodeBound) {
+		t.Errorf("approver --request-modes=%s: node-bound is always accepted", v)
+	}
+	if sa, _ := flagValue(approverArgs, "driver-service-account"); sa != namespace+"/"+ds.Spec.Template.Spec.ServiceAccountName {
+		t.Errorf("approver --driver-service-account=%s, the driver runs as %s/%s", sa, namespace, ds.Spec.Template.Spec.ServiceAccountName)
+	}
+	podToken := slices.Contains(modes, spiffe.ModePodToken)
+	d := convert[storagev1.CSIDriver](t, findOne(t, objs, "CSIDriver", spiffe.DefaultDriverName))
+	switch tokens := len(d.Spec.TokenRequests) > 0; {
+	case !podToken && tokens:
+		t.Errorf("node-bound only, yet the CSIDriver has the kubelet send every pod's token: %+v", d.Spec.TokenRequests)
+	case podToken && (len(d.Spec.TokenRequests) != 1 || d.Spec.TokenRequests[0].Audience != ""):
+		t.Errorf("pod-token: tokenRequests %+v, want [{audience: \"\"}]", d.Spec.TokenRequests)
+	case podToken && (d.Spec.ServiceAccountTokenInSecrets == nil || !*d.Spec.ServiceAccountTokenInSecrets):
+		t.Error("pod-token: serviceAccountTokenInSecrets must be true")
+	}
+	allows := func(role, group, resource, verb string) bool {
+		r := convert[rbacv1.ClusterRole](t, findOne(t, objs, "ClusterRole", role))
+		for _, rule := range r.Rules {
+			if slices.Contains(rule.APIGroups, group) && slices.Contains(rule.Resources, resource) && slices.Contains(rule.Verbs, verb) {
+				return true
+			}
+		}
+		return false
+	}
+	if !allows("svid-csi-driver", "cert-manager.io", "certificaterequests", "create") {
+		t.Error("the driver may not create CertificateRequests: node-bound requests would fail")
+	}
+	if !allows("svid-csi-approver", "", "pods", "get") {
+		t.Error("the approver may not get pods: node-bound requests would never be decided")
+	}
+	findOne(t, objs, "ValidatingAdmissionPolicy", "svid-csi-driver-requests")
+	findOne(t, objs, "ValidatingAdmissionPolicyBinding", "svid-csi-driver-requests")
+	workloadRole := slices.ContainsFunc(find(objs, "ClusterRole"), func(o *unstructured.Unstructured) bool { return o.GetName() == "svid-csi-workload" })
+	if workloadRole != podToken {
+		t.Errorf("ClusterRole svid-csi-workload rendered: %v, approver accepts pod-token: %v", workloadRole, podToken)
 	}
 }

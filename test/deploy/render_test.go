@@ -28,8 +28,10 @@ var targets = []target{
 	{"runtime-issuer", "../../overlays/runtime-issuer"},
 	{"node-selection", "../../overlays/node-selection"},
 	{"kubelet-root-dir", "../../overlays/kubelet-root-dir"},
+	{"pod-token", "../../overlays/pod-token"},
 	{"example", "../../overlays/example"},
 	{"combined", "testdata/combined"},
+	{"mode-switch", "testdata/mode-switch"},
 }
 
 // rendered is the output of one kustomize build.

@@ -14,6 +14,7 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -34,10 +35,7 @@ func BenchmarkPublish(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		ns := newTenant(b, "floor")
-		as, err := bed.ClientsAs(ctx, ns, "app")
-		if err != nil {
-			b.Fatal(err)
-		}
+		as := floorClient(ctx, b, ns)
 		iw := watchIssued(ctx, b, ns)
 		time.Sleep(time.Second) // the watch is established
 		var lat []time.Duration
@@ -55,10 +53,7 @@ func BenchmarkPublish(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		ns := newTenant(b, "floor100")
-		as, err := bed.ClientsAs(ctx, ns, "app")
-		if err != nil {
-			b.Fatal(err)
-		}
+		as := floorClient(ctx, b, ns)
 		iw := watchIssued(ctx, b, ns)
 		time.Sleep(time.Second)
 		lat := make([]time.Duration, 100)
@@ -265,10 +260,30 @@ func (iw *issuedWatch) wait(ctx context.Context, name string) error {
 	}
 }
 
+// podClient acts as a pod of ServiceAccount app, with a token bound to it,
+// as the kubelet hands the driver in pod-token mode.
+type podClient struct {
+	*testbed.ServiceAccountClients
+	pod *corev1.Pod
+}
+
+func floorClient(ctx context.Context, b testing.TB, ns string) *podClient {
+	b.Helper()
+	pod, err := bed.CreateIdlePod(ctx, testbed.IdlePod{Namespace: ns, Name: "floor", ServiceAccount: "app"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	as, err := bed.ClientsAsPod(ctx, pod)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &podClient{as, pod}
+}
+
 // bareIssue is what an issuance costs with no driver in between: key, CSR,
 // create as the ServiceAccount, wait for the certificate (the watch is
 // already open, as the driver's informer is), delete.
-func bareIssue(ctx context.Context, as *testbed.ServiceAccountClients, iw *issuedWatch, ns, driverName string) (time.Duration, error) {
+func bareIssue(ctx context.Context, as *podClient, iw *issuedWatch, ns, driverName string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -280,8 +295,9 @@ func bareIssue(ctx context.Context, as *testbed.ServiceAccountClients, iw *issue
 	cr, err := crs.Create(ctx, &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "floor-", Namespace: ns,
-			Labels:      map[string]string{spiffe.DriverLabel: driverName},
-			Annotations: map[string]string{spiffe.IdentityAnnotation: id(ns)},
+			Labels:          map[string]string{spiffe.DriverLabel: driverName},
+			Annotations:     map[string]string{spiffe.IdentityAnnotation: id(ns)},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: as.pod.Name, UID: as.pod.UID}},
 		},
 		Spec: cmapi.CertificateRequestSpec{
 			Request:   csr,

@@ -412,3 +412,56 @@ func republishIsFree(t *testing.T, ctx context.Context, n *node, v *testbed.PodV
 		t.Fatalf("%s made %d API requests on CertificateRequests, want 0", what, after-before)
 	}
 }
+
+// TestNodeBound: in node-bound mode the driver creates each request with its
+// own pod-bound token, for a workload whose ServiceAccount has no RBAC at
+// all; the request names the pod, and the approver, which accepts only
+// node-bound requests, approves it because the pod runs on the driver's node.
+// A pod scheduled to another node gets nothing from this node's driver.
+func TestNodeBound(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n := startNode(t, "nb", nodeOpts{nodeBound: true})
+	ns, err := bed.CreateNamespace(ctx, "nb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.CreateServiceAccount(ctx, ns, "app"); err != nil { // no RBAC
+		t.Fatal(err)
+	}
+	before := len(creators(t, ns))
+	v := n.pod(t, ns, "web", nil, nil)
+	if err := n.kubelet.Publish(ctx, v); err != nil {
+		t.Fatalf("NodePublishVolume: %v\n%s", err, n.driver.Tail(4096))
+	}
+	svid(t, v, id(ns))
+	if got := creators(t, ns)[before:]; len(got) != 1 || got[0] != "system:serviceaccount:"+testbed.CertManagerNamespace+":svid-csi-driver" {
+		t.Errorf("requests created by %v, want one by the driver's ServiceAccount", got)
+	}
+	waitNoRequests(t, ns)
+
+	// A pod of another node, published through this node's driver (as a
+	// compromised kubelet or driver could ask for it): denied, nothing left.
+	other, err := bed.NewKubelet(ctx, "nb-other", n.kubeletDir, n.driverName, n.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ov, err := other.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "elsewhere", ServiceAccount: "app", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = other.Publish(ctx, ov)
+	if want := `pod ` + ns + `/elsewhere spec.nodeName: exp="nb" got="nb-other"`; status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), want) {
+		t.Fatalf("publish of another node's pod = %v, want FailedPrecondition naming %s", err, want)
+	}
+	if isMountPoint(t, ov.TargetPath) {
+		t.Error("a denied publish left a mount")
+	}
+	assertNoState(t, n, ov.VolumeID)
+	waitNoRequests(t, ns)
+
+	if err := n.kubelet.DeletePod(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -115,6 +115,9 @@ type nodeOpts struct {
 	// cert-manager's namespace that both binaries follow (--config-configmap),
 	// and may read.
 	configConfigMap string
+	// nodeBound runs both in node-bound mode: the driver with a token bound
+	// to a pod of its ServiceAccount on this node, as its DaemonSet pod has.
+	nodeBound bool
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -128,6 +131,15 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	}
 	if o.kubeconfig == "" {
 		o.kubeconfig = serviceAccountKubeconfig(t, "svid-csi-driver")
+	}
+	var modes []string // the mode flags of the driver, then the approver's
+	if o.nodeBound {
+		o.kubeconfig = filepath.Join(bed.Dir, name+"-driver.kubeconfig")
+		if err := bed.WriteNodeBoundKubeconfig(ctx, o.kubeconfig, testbed.CertManagerNamespace, "svid-csi-driver", name); err != nil {
+			t.Fatal(err)
+		}
+		modes = []string{"--request-mode=node-bound", "--request-modes=node-bound",
+			"--driver-service-account=" + testbed.CertManagerNamespace + "/svid-csi-driver"}
 	}
 	n := &node{t: t, name: name, driverName: name + ".spiffe.test", dir: filepath.Join(bed.Dir, name)}
 	n.dataRoot, n.kubeletDir = filepath.Join(n.dir, "data"), filepath.Join(n.dir, "kubelet")
@@ -151,6 +163,9 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 	}
 	file := storagev1.FileFSGroupPolicy
 	csiDriver.Spec.FSGroupPolicy = &file
+	if o.nodeBound { // as the base ships it: no pod's token for the driver
+		csiDriver.Spec.TokenRequests, csiDriver.Spec.ServiceAccountTokenInSecrets = nil, nil
+	}
 	if _, err := bed.Kube.StorageV1().CSIDrivers().Create(ctx, csiDriver, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
@@ -179,7 +194,7 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 		"--certificate-request-duration=" + dur,
 		"--leader-election=false",
 		"--health-address=127.0.0.1:" + strconv.Itoa(ports[0]), "--metrics-address=",
-		"--v=2"}, shared...)...)
+		"--v=2"}, append(shared, modes[min(1, len(modes)):]...)...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +214,7 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 		"--v=4",
 	}
 	n.args = append(n.args, shared...)
+	n.args = append(n.args, modes[:min(1, len(modes))]...)
 	if o.caBundle != "" {
 		n.args = append(n.args, "--source-ca-bundle="+o.caBundle)
 	}

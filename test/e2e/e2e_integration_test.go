@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -102,10 +103,18 @@ func ready(p *corev1.Pod) bool {
 
 // Three replicas of a Deployment each read their own SVID from inside their
 // container: the pod's SPIFFE ID, a chain to the example CA, the matching
-// key, and each pod its own key.
+// key, and each pod its own key. Their ServiceAccount has no RBAC at all
+// (node-bound): every request was created by the driver's ServiceAccount.
 func TestDeploymentOneSVIDPerPod(t *testing.T) {
 	ctx := ctxFor(t, 4*time.Minute)
 	ns := workloadNamespace(ctx, t, "e2e-deploy")
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User:               spiffe.ServiceAccountUsername(ns, testbed.WorkloadServiceAccount),
+		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: "create", Group: "cert-manager.io", Resource: "certificaterequests"},
+	}}
+	if got, err := bed.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{}); err != nil || got.Status.Allowed {
+		t.Fatalf("the workload's ServiceAccount may create CertificateRequests (%v, %v): the test would not show it needs no RBAC", got.Status, err)
+	}
 	pods := deploymentPods(ctx, t, ns, "app", 3)
 	serials := map[string]string{}
 	keys := map[string]string{}
@@ -121,6 +130,20 @@ func TestDeploymentOneSVIDPerPod(t *testing.T) {
 	}
 	// The driver deletes each request once its files are written.
 	noRequestsLeft(ctx, t, ns)
+	evs, err := bed.AuditEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creators []string
+	for _, ev := range evs {
+		if ev.ObjectRef.Namespace == ns && ev.ObjectRef.Resource == "certificaterequests" && ev.ObjectRef.Subresource == "" && ev.Verb == "create" && ev.ResponseStatus.Code == 201 {
+			creators = append(creators, ev.User.Username)
+		}
+	}
+	driverUser := spiffe.ServiceAccountUsername(testbed.CertManagerNamespace, "svid-csi-driver")
+	if len(creators) < len(pods) || slices.ContainsFunc(creators, func(u string) bool { return u != driverUser }) {
+		t.Errorf("requests created by %v, want one per pod, all by %s", creators, driverUser)
+	}
 }
 
 // fs-group both ways: the pod's fsGroup (volume_mount_group) and the volume
