@@ -69,9 +69,11 @@ func Run(ctx context.Context, cfg Completed) error {
 	if err != nil {
 		return err
 	}
+	deleter := issuance.NewDeleter(driverCM, issuance.DeleterOptions{})
 	client, err := issuance.New(issuance.Options{
 		DriverName: cfg.DriverName, NodeName: cfg.NodeID, Settings: live,
-		NodeBound: cfg.NodeBound, PodClient: podCM, DriverClient: driverCM, Waiter: waiter,
+		NodeBound: cfg.NodeBound, PodClient: podCM, DriverClient: driverCM, Waiter: waiter, Deleter: deleter,
+		MaxCreates: cfg.MaxConcurrentIssuances,
 	})
 	if err != nil {
 		return err
@@ -99,14 +101,14 @@ func Run(ctx context.Context, cfg Completed) error {
 			{Name: "the CertificateRequest cache", Ready: client.HasSynced},
 			{Name: "the live settings", Ready: live.HasSynced},
 		},
-		MaxConcurrentIssuances: cfg.MaxConcurrentIssuances,
-		NodeBound:              cfg.NodeBound,
-		Metrics:                m,
+		NodeBound: cfg.NodeBound,
+		Metrics:   m,
 	})
 	if err != nil {
 		return err
 	}
 	m.ObserveVolumes(volumes)
+	m.ObserveDeletions(deleter)
 	if err := volumes.Recover(ctx); err != nil {
 		return err
 	}
@@ -155,6 +157,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	g := run.NewGroup(ctx)
 	g.Go("settings tracker", live.Run)
 	g.Go("CertificateRequest informer", func(ctx context.Context) error { waiter.Run(ctx); return nil })
+	g.Go("CertificateRequest deletions", func(ctx context.Context) error { deleter.Run(ctx); return nil })
 	g.Go("orphan sweep", func(ctx context.Context) error {
 		// One pass once the informer has synced; then it waits with the group.
 		if err := client.SweepOrphans(ctx, startedAt); err != nil && ctx.Err() == nil {

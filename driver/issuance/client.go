@@ -1,6 +1,7 @@
 package issuance
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -34,6 +35,12 @@ type Request struct {
 	// Token is the pod's ServiceAccount token: the request is created as
 	// the pod. Unused in node-bound mode.
 	Token string
+	// TokenExpiry is when Token expires (zero: unknown); an expired token
+	// is never sent.
+	TokenExpiry time.Time
+	// Renewal: the volume holds a certificate already; a first publish
+	// goes first for a create slot.
+	Renewal bool
 }
 
 // Result is an issued certificate and its key.
@@ -60,10 +67,14 @@ type Options struct {
 	// PodClient creates requests in pod-token mode; it must be built from
 	// PodConfig, so each call carries the token set by withToken.
 	PodClient cmclient.Interface
-	// DriverClient deletes requests, and creates them in node-bound mode,
+	// DriverClient reads requests, and creates them in node-bound mode,
 	// with the driver's own credentials.
 	DriverClient cmclient.Interface
 	Waiter       *Waiter
+	// Deleter deletes requests once they are of no more use.
+	Deleter *Deleter
+	// MaxCreates bounds the creates in flight on the node (default 10).
+	MaxCreates int
 }
 
 // SettingsSource tells the active settings and when they change.
@@ -72,11 +83,16 @@ type SettingsSource interface {
 	Changed() <-chan struct{}
 }
 
-// Client issues certificates. It remembers a request still pending when a
-// call gives up, with its key, so that the next call for the same volume
-// resumes it instead of creating another: at most one request per volume.
+// Client issues certificates. It names each request itself and remembers
+// it, with its key, before sending it: a call that gives up, or a create
+// whose answer was lost, leaves it for the next call of the same volume to
+// resume or send again under the same name, never to create another. At most
+// one request per volume, as long as the calls for one volume (Issue,
+// Release) are serialised by the caller, as the volume manager's per-volume
+// lock does.
 type Client struct {
-	opts Options
+	opts  Options
+	slots *slots
 
 	mu      sync.Mutex
 	pending map[string]*pendingRequest // by volume ID
@@ -88,6 +104,9 @@ type pendingRequest struct {
 	podUID          string
 	made            settings.Settings // what the request was made with
 	key             crypto.Signer
+	object          *cmapi.CertificateRequest // what is sent, again after a lost answer
+	sent            bool                      // a create was tried: it may be stored; under Client.mu
+	created         bool                      // the API server confirmed it; under Client.mu
 }
 
 // New returns a Client.
@@ -101,8 +120,13 @@ func New(opts Options) (*Client, error) {
 		return nil, errors.New("issuance: a waiter is required")
 	case opts.Settings == nil:
 		return nil, errors.New("issuance: a settings tracker is required")
+	case opts.Deleter == nil:
+		return nil, errors.New("issuance: a deleter is required")
 	}
-	return &Client{opts: opts, pending: map[string]*pendingRequest{}}, nil
+	if opts.MaxCreates <= 0 {
+		opts.MaxCreates = 10
+	}
+	return &Client{opts: opts, slots: newSlots(opts.MaxCreates), pending: map[string]*pendingRequest{}}, nil
 }
 
 // HasSynced reports whether the request informer has synced and the
@@ -111,10 +135,11 @@ func (c *Client) HasSynced() bool {
 	return c.swept.Load() && c.opts.Waiter.HasSynced()
 }
 
-// SweepOrphans waits for the request informer, then deletes this node's
-// requests that a previous run created and can no longer use: their keys
-// lived only in its memory. Without it they would stay, approved and issued,
-// until their pods are deleted. Requests this run made are never touched.
+// SweepOrphans waits for the request informer, then has the deleter delete
+// this node's requests that a previous run created and can no longer use:
+// their keys lived only in its memory. Without it they would stay, approved
+// and issued, until their pods are deleted. Requests this run made are never
+// touched.
 func (c *Client) SweepOrphans(ctx context.Context, startedAt time.Time) error {
 	if !cache.WaitForCacheSync(ctx.Done(), c.opts.Waiter.HasSynced) {
 		return ctx.Err()
@@ -125,12 +150,8 @@ func (c *Client) SweepOrphans(ctx context.Context, startedAt time.Time) error {
 		if !ok || !cr.CreationTimestamp.Time.Before(startedAt) || c.isPending(cr.Namespace, cr.Name) {
 			continue
 		}
-		err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(cr.Namespace).Delete(ctx, cr.Name, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			logger.Error(err, "Could not delete a CertificateRequest left by a previous run; it goes with its pod", logkey.CertificateRequest, klog.KObj(cr))
-			continue
-		}
-		logger.Info("Deleted a CertificateRequest left by a previous run", logkey.CertificateRequest, klog.KObj(cr))
+		logger.Info("Deleting a CertificateRequest left by a previous run", logkey.CertificateRequest, klog.KObj(cr))
+		c.opts.Deleter.Delete(ctx, cr.Namespace, cr.Name)
 	}
 	c.swept.Store(true)
 	return nil
@@ -168,7 +189,7 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 		case errors.Is(err, errIssuerChanged):
 			continue // pendingFor replaces the request if it names the old issuer
 		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-			return nil, failure.New(failure.Timeout, "CertificateRequest %s is still pending; the next call resumes it", ref)
+			return nil, failure.New(failure.Timeout, "CertificateRequest %s is still pending (%s); the next call resumes it", ref, pendingState(cr))
 		case errors.Is(err, errDeleted):
 			c.forget(req.VolumeID)
 			return nil, failure.New(failure.API, "CertificateRequest %s: %w", ref, err)
@@ -203,13 +224,16 @@ func (c *Client) Issue(ctx context.Context, req Request) (*Result, error) {
 	}
 }
 
-// pendingFor returns the volume's pending request, or creates one. A pending
-// request of another pod (the volume ID reused), one that is gone, or one
-// for an issuer that is no longer active is replaced.
+// pendingFor returns the volume's pending request, sent and confirmed by
+// the API server, or prepares and sends a new one. A pending request of
+// another pod (the volume ID reused), one that is gone, or one for an issuer
+// that is no longer active is replaced; one whose create got no answer is
+// sent again under its name.
 func (c *Client) pendingFor(ctx context.Context, req Request) (*pendingRequest, error) {
 	logger := klog.FromContext(ctx)
 	c.mu.Lock()
 	p := c.pending[req.VolumeID]
+	created := p != nil && p.created
 	c.mu.Unlock()
 	switch {
 	case p == nil:
@@ -221,25 +245,31 @@ func (c *Client) pendingFor(ctx context.Context, req Request) (*pendingRequest, 
 			logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "previous", settings.RefString(p.made.Issuer))
 		c.Release(ctx, req.VolumeID)
 		p = nil
-	case c.gone(ctx, p):
+	case created && c.gone(ctx, p):
 		// Deleted while nobody waited on it (an admin, a cleanup job): resuming
 		// it would wait for ever, so a new one is made.
 		logger.Info("Pending CertificateRequest is gone; creating a new one", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 		c.forget(req.VolumeID)
 		p = nil
 	}
-	if p != nil {
+	if created && p != nil {
 		logger.V(2).Info("Resuming pending CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
 		return p, nil
 	}
-	p, err := c.create(ctx, req)
-	if err != nil {
+	if p == nil {
+		var err error
+		if p, err = c.prepare(req); err != nil {
+			return nil, err
+		}
+		// Remembered before it is sent: a create that commits but whose
+		// answer is lost is sent again, or deleted, under this name.
+		c.mu.Lock()
+		c.pending[req.VolumeID] = p
+		c.mu.Unlock()
+	}
+	if err := c.send(ctx, req, p); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.pending[req.VolumeID] = p
-	c.mu.Unlock()
-	logger.V(2).Info("Created CertificateRequest", logkey.CertificateRequest, klog.KRef(p.namespace, p.name), "issuer", settings.RefString(p.made.Issuer))
 	return p, nil
 }
 
@@ -258,7 +288,8 @@ func (c *Client) outdated(p *pendingRequest) bool {
 	return cur.HasIssuer() && cur != p.made
 }
 
-func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, error) {
+// prepare makes the volume's next request: key, CSR and a name of its own.
+func (c *Client) prepare(req Request) (*pendingRequest, error) {
 	// One read: the ID, duration and issuer of a request are of one state.
 	live := c.opts.Settings.Current()
 	if !live.HasIssuer() {
@@ -277,32 +308,92 @@ func (c *Client) create(ctx context.Context, req Request) (*pendingRequest, erro
 		return nil, failure.New(failure.Local, "%w", err)
 	}
 	cr := buildRequest(requestParams{
+		Name:       requestName(req.PodName),
 		DriverName: c.opts.DriverName, NodeName: c.opts.NodeName, ID: id.String(),
 		Namespace: req.Namespace, PodName: req.PodName, PodUID: req.PodUID,
 		CSR: csr, Duration: live.Duration, Issuer: live.Issuer,
 	})
+	return &pendingRequest{namespace: cr.Namespace, name: cr.Name, podUID: req.PodUID, made: live, key: key, object: cr}, nil
+}
+
+// send creates p's request within the node's create slots. An answer that
+// says it exists already is checked to be p's own (an earlier send that
+// committed): then p is confirmed. A refusal drops p, and has it deleted if
+// an earlier send may have stored it; a name taken by another request drops
+// p; any other failure keeps it, to be sent again under the same name.
+func (c *Client) send(ctx context.Context, req Request, p *pendingRequest) error {
+	if err := c.slots.acquire(ctx, req.Renewal); err != nil {
+		return failure.New(failure.Timeout, "waiting for one of %d CertificateRequest create slots: %w", c.slots.size, err)
+	}
+	defer c.slots.release()
+	// Checked after the wait for a slot: a token that expired meanwhile is not sent.
+	if !c.opts.NodeBound && !req.TokenExpiry.IsZero() && !time.Now().Before(req.TokenExpiry) {
+		return failure.New(failure.Token, "the pod's token for volume %s expired while waiting to create its CertificateRequest; the next republish brings a fresh one", req.VolumeID)
+	}
+	c.mu.Lock()
+	sentBefore := p.sent
+	p.sent = true
+	c.mu.Unlock()
 	client, cctx, as := c.opts.PodClient, withToken(ctx, req.Token), "as ServiceAccount "+req.Namespace+"/"+req.ServiceAccount
 	if c.opts.NodeBound {
 		client, cctx, as = c.opts.DriverClient, ctx, "with the driver's credentials (node-bound) for pod "+req.Namespace+"/"+req.PodName
 	}
-	created, err := client.CertmanagerV1().CertificateRequests(req.Namespace).Create(cctx, cr, metav1.CreateOptions{})
-	if err != nil {
-		return nil, apiError(ctx, "create CertificateRequest "+as, err)
+	ref := klog.KRef(p.namespace, p.name)
+	_, err := client.CertmanagerV1().CertificateRequests(p.namespace).Create(cctx, p.object, metav1.CreateOptions{})
+	switch {
+	case err == nil:
+	case apierrors.IsAlreadyExists(err):
+		if collision, err := c.confirm(ctx, p); err != nil {
+			if collision {
+				c.forget(req.VolumeID)
+			}
+			return err // else: ours, probably; the next call sends and reads again
+		}
+		klog.FromContext(ctx).Info("CertificateRequest was created by an earlier attempt whose answer was lost; resuming it", logkey.CertificateRequest, ref)
+	case refused(err):
+		if sentBefore {
+			c.Release(ctx, req.VolumeID) // an earlier send without an answer may have stored it
+		} else {
+			c.forget(req.VolumeID)
+		}
+		return apiError(ctx, "create CertificateRequest "+as, err)
+	default:
+		return apiError(ctx, "create CertificateRequest "+as, err)
 	}
-	return &pendingRequest{namespace: created.Namespace, name: created.Name, podUID: req.PodUID, made: live, key: key}, nil
+	c.mu.Lock()
+	p.created = true
+	c.mu.Unlock()
+	klog.FromContext(ctx).V(2).Info("Created CertificateRequest", logkey.CertificateRequest, ref, "issuer", settings.RefString(p.made.Issuer))
+	return nil
 }
 
-// Release deletes the volume's request, if any, with the driver's own
-// credentials, and forgets it. Failures are logged: the request is owned by
-// the pod and goes with it at the latest.
-func (c *Client) Release(ctx context.Context, volumeID string) {
-	p := c.forget(volumeID)
-	if p == nil {
-		return
+// refused reports whether the API server answered a create with a refusal
+// that means nothing was stored.
+func refused(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || apierrors.IsInvalid(err) ||
+		apierrors.IsBadRequest(err) || apierrors.IsNotFound(err)
+}
+
+// confirm checks that the request under p's name is p's own: the same CSR.
+// collision is true when it is another request's.
+func (c *Client) confirm(ctx context.Context, p *pendingRequest) (collision bool, err error) {
+	ref := klog.KRef(p.namespace, p.name)
+	got, err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(p.namespace).Get(ctx, p.name, metav1.GetOptions{})
+	if err != nil {
+		return false, apiError(ctx, fmt.Sprintf("read CertificateRequest %s, which a create said exists", ref), err)
 	}
-	err := c.opts.DriverClient.CertmanagerV1().CertificateRequests(p.namespace).Delete(ctx, p.name, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		klog.FromContext(ctx).Error(err, "Could not delete CertificateRequest; it is deleted with its pod", logkey.CertificateRequest, klog.KRef(p.namespace, p.name))
+	if !bytes.Equal(got.Spec.Request, p.object.Spec.Request) {
+		return true, failure.New(failure.API, "CertificateRequest %s exists and is not this volume's (a name collision); the next call makes another", ref)
+	}
+	return false, nil
+}
+
+// Release forgets the volume's request, if any, and has the deleter delete
+// it with the driver's own credentials: it returns at once. The logger of
+// ctx says whose request it is.
+func (c *Client) Release(ctx context.Context, volumeID string) {
+	if p := c.forget(volumeID); p != nil {
+		c.opts.Deleter.Delete(ctx, p.namespace, p.name)
 	}
 }
 

@@ -9,8 +9,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"math/big"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
@@ -41,8 +42,8 @@ type fixture struct {
 	ctx     context.Context
 }
 
-// newFixture runs a Client over a fake clientset whose creates honour
-// generateName, with the waiter's informer synced.
+// newFixture runs a Client over a fake clientset that counts creates, with
+// the waiter's informer synced and the deleter running.
 func newFixture(t *testing.T, flags cmmeta.IssuerReference) *fixture {
 	t.Helper()
 	issuers, err := settings.New(settings.Options{Flags: testSettings(flags)})
@@ -61,10 +62,7 @@ func newFixtureWith(t *testing.T, issuers SettingsSource) *fixture {
 	t.Helper()
 	f := &fixture{cs: fake.NewSimpleClientset()}
 	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
-		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
-		if cr.Name == "" {
-			cr.Name = fmt.Sprintf("%s%05d", cr.GenerateName, f.creates.Add(1))
-		}
+		f.creates.Add(1)
 		return false, nil, nil
 	})
 	w, err := NewWaiter(f.cs, spiffe.DefaultDriverName, "node-1")
@@ -73,16 +71,18 @@ func newFixtureWith(t *testing.T, issuers SettingsSource) *fixture {
 	}
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	d := NewDeleter(f.cs, DeleterOptions{RetryBase: time.Millisecond, RetryMax: 10 * time.Millisecond})
+	var wg sync.WaitGroup
+	wg.Go(func() { w.Run(ctx) })
+	wg.Go(func() { d.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	for !w.HasSynced() {
 		time.Sleep(time.Millisecond)
 	}
 	f.ctx = ctx
 	f.client, err = New(Options{
 		DriverName: spiffe.DefaultDriverName, NodeName: "node-1",
-		Settings: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w,
+		Settings: issuers, PodClient: f.cs, DriverClient: f.cs, Waiter: w, Deleter: d,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +114,18 @@ func (f *fixture) createdFor(t *testing.T, ok func(*cmapi.CertificateRequest) bo
 	}
 	t.Fatal("no such CertificateRequest alone")
 	return nil
+}
+
+// waitCount waits until n requests exist.
+func (f *fixture) waitCount(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.count(t) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests exist, want %d", f.count(t), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (f *fixture) count(t *testing.T) int {
@@ -201,9 +213,7 @@ func TestIssueWaitsForTheInformerEvent(t *testing.T) {
 	}
 	// The request is deleted once the caller is done with it.
 	f.client.Release(f.ctx, "vol-1")
-	if n := f.count(t); n != 0 {
-		t.Errorf("%d requests left after Release", n)
-	}
+	f.waitCount(t, 0)
 }
 
 func TestIssueDeniedOrFailedCarriesTheMessageVerbatim(t *testing.T) {
@@ -231,9 +241,7 @@ func TestIssueDeniedOrFailedCarriesTheMessageVerbatim(t *testing.T) {
 			if failure.ReasonOf(r.err) != tc.wantReason || r.err.Error() != tc.wantMsg {
 				t.Fatalf("got %v (%s), want %s %q", r.err, failure.ReasonOf(r.err), tc.wantReason, tc.wantMsg)
 			}
-			if n := f.count(t); n != 0 {
-				t.Errorf("failed request not deleted (%d left)", n)
-			}
+			f.waitCount(t, 0) // the failed request is deleted
 		})
 	}
 }
@@ -343,9 +351,7 @@ func TestSweepOrphans(t *testing.T) {
 	if !f.client.HasSynced() {
 		t.Fatal("not synced after the sweep")
 	}
-	if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, "old", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("the previous run's request survived: %v", err)
-	}
+	f.waitCount(t, 1) // the previous run's request is deleted
 	if _, err := f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, "new", metav1.GetOptions{}); err != nil {
 		t.Fatalf("a request of this run was deleted: %v", err)
 	}
@@ -514,6 +520,7 @@ func TestNodeBoundCreatesWithTheDriversCredentials(t *testing.T) {
 	f.client, err = New(Options{
 		DriverName: spiffe.DefaultDriverName, NodeName: "node-1", NodeBound: true,
 		Settings: f.client.opts.Settings, PodClient: podClient, DriverClient: f.cs, Waiter: f.client.opts.Waiter,
+		Deleter: f.client.opts.Deleter,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -532,7 +539,247 @@ func TestNodeBoundCreatesWithTheDriversCredentials(t *testing.T) {
 	if n := len(podClient.Actions()); n != 0 {
 		t.Errorf("node-bound mode made %d calls with the pod client: %v", n, podClient.Actions())
 	}
-	if _, err := New(Options{Settings: f.client.opts.Settings, DriverClient: f.cs, Waiter: f.client.opts.Waiter}); err == nil {
+	if _, err := New(Options{Settings: f.client.opts.Settings, DriverClient: f.cs, Waiter: f.client.opts.Waiter, Deleter: f.client.opts.Deleter}); err == nil {
 		t.Error("New accepted pod-token mode without a pod client")
+	}
+}
+
+// loseCreateAnswers makes the first n creates commit in the store and then
+// fail as a lost answer (the connection dropped after the server wrote).
+func (f *fixture) loseCreateAnswers(n int32) {
+	var lost atomic.Int32
+	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		if lost.Add(1) > n {
+			return false, nil, nil
+		}
+		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
+		if err := f.cs.Tracker().Create(cmapi.SchemeGroupVersion.WithResource("certificaterequests"), cr.DeepCopy(), cr.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, nil, errors.New("http2: client connection lost")
+	})
+}
+
+// A create whose answer is lost after the server stored the request leaves
+// no orphan: the next call sends the same request again, is told it exists,
+// checks it is its own and resumes it. One request, issued, then deleted.
+func TestLostCreateAnswerIsResumedNotDuplicated(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	f.loseCreateAnswers(1)
+	if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.API {
+		t.Fatalf("got %v (%s), want a retryable API failure", err, failure.ReasonOf(err))
+	}
+	cr := f.created(t)
+	ch := f.issueAsync(f.ctx, testRequest)
+	time.Sleep(50 * time.Millisecond)
+	if n := f.count(t); n != 1 {
+		t.Fatalf("%d requests after a lost answer and its retries, want 1", n)
+	}
+	f.sign(t, cr)
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.res.Request != klog.KRef("team-a", cr.Name) || !matchesCSR(t, r.res.KeyPEM, cr.Spec.Request) {
+		t.Fatalf("result %v does not come from the one request %s and its key", r.res.Request, cr.Name)
+	}
+	f.client.Release(f.ctx, testRequest.VolumeID)
+	f.waitCount(t, 0)
+}
+
+// A lost answer followed by the pod's unpublish: the request that was stored
+// is deleted all the same.
+func TestLostCreateAnswerThenReleaseDeletes(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	f.loseCreateAnswers(1)
+	if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.API {
+		t.Fatalf("got %v, want an API failure", err)
+	}
+	f.created(t)
+	f.client.Release(f.ctx, testRequest.VolumeID)
+	f.waitCount(t, 0)
+}
+
+// A lost answer, then a failed read-back of the request the resend is told
+// exists: the request is kept (it is most likely the volume's own), read
+// again by the next call and resumed. Nothing is orphaned.
+func TestLostAnswerThenFailedReadIsKept(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	f.loseCreateAnswers(1)
+	var failGet atomic.Bool
+	failGet.Store(true)
+	f.cs.PrependReactor("get", "certificaterequests", func(clienttesting.Action) (bool, runtime.Object, error) {
+		if failGet.Swap(false) {
+			return true, nil, apierrors.NewServiceUnavailable("injected")
+		}
+		return false, nil, nil
+	})
+	for range 2 { // the lost answer, then the failed read-back
+		if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.API {
+			t.Fatalf("got %v, want an API failure", err)
+		}
+	}
+	cr := f.created(t)
+	ch := f.issueAsync(f.ctx, testRequest)
+	time.Sleep(50 * time.Millisecond)
+	f.sign(t, cr)
+	if r := <-ch; r.err != nil || r.res.Request.Name != cr.Name {
+		t.Fatalf("got %v, want the one request %s resumed", r.err, cr.Name)
+	}
+	f.client.Release(f.ctx, testRequest.VolumeID)
+	f.waitCount(t, 0)
+}
+
+// A lost answer, then a resend the API server refuses (the pod's token
+// expired, a quota): the request the first send stored is deleted, not
+// orphaned.
+func TestLostAnswerThenRefusedResendDeletes(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	var attempts atomic.Int32
+	f.cs.PrependReactor("create", "certificaterequests", func(clienttesting.Action) (bool, runtime.Object, error) {
+		if attempts.Add(1) == 1 { // the resend: the lost send never reaches this reactor
+			return true, nil, apierrors.NewUnauthorized("token expired")
+		}
+		return false, nil, nil
+	})
+	// Prepended last, so it runs first: the first send is stored and its answer lost.
+	f.loseCreateAnswers(1)
+	if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.API {
+		t.Fatalf("first: got %v, want an API failure", err)
+	}
+	if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.Forbidden {
+		t.Fatalf("resend: got %v, want forbidden", err)
+	}
+	f.waitCount(t, 0)
+}
+
+// A token that expired while its call waited for a create slot is never sent.
+func TestExpiredTokenIsNotSent(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	req := testRequest
+	req.TokenExpiry = time.Now().Add(-time.Second)
+	if _, err := f.client.Issue(f.ctx, req); failure.ReasonOf(err) != failure.Token {
+		t.Fatalf("got %v, want a token failure", err)
+	}
+	if f.creates.Load() != 0 {
+		t.Fatal("an expired token was sent")
+	}
+}
+
+// A create the API server refuses stored nothing: the next call makes a new
+// request (a new name and key), not a resend.
+func TestRefusedCreateIsForgotten(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	var names []string
+	var refuse atomic.Bool
+	refuse.Store(true)
+	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest)
+		names = append(names, cr.Name)
+		if refuse.Load() {
+			return true, nil, apierrors.NewForbidden(cmapi.SchemeGroupVersion.WithResource("certificaterequests").GroupResource(), cr.Name, errors.New("no"))
+		}
+		return false, nil, nil
+	})
+	if _, err := f.client.Issue(f.ctx, testRequest); failure.ReasonOf(err) != failure.Forbidden {
+		t.Fatalf("got %v, want forbidden", err)
+	}
+	refuse.Store(false)
+	ch := f.issueAsync(f.ctx, testRequest)
+	f.sign(t, f.created(t))
+	if r := <-ch; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if len(names) != 2 || names[0] == names[1] {
+		t.Fatalf("create names %q, want two different ones", names)
+	}
+}
+
+// A request under this volume's name that is not its own (another CSR) is
+// never resumed: the call fails and the next one makes another.
+func TestNameTakenByAnotherRequestIsNotResumed(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	var taken atomic.Bool
+	f.cs.PrependReactor("create", "certificaterequests", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		if taken.Swap(true) {
+			return false, nil, nil
+		}
+		cr := a.(clienttesting.CreateAction).GetObject().(*cmapi.CertificateRequest).DeepCopy()
+		cr.Spec.Request = []byte("someone else's CSR")
+		if err := f.cs.Tracker().Create(cmapi.SchemeGroupVersion.WithResource("certificaterequests"), cr, cr.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, nil, apierrors.NewAlreadyExists(cmapi.SchemeGroupVersion.WithResource("certificaterequests").GroupResource(), cr.Name)
+	})
+	_, err := f.client.Issue(f.ctx, testRequest)
+	if failure.ReasonOf(err) != failure.API || !strings.Contains(err.Error(), "not this volume's") {
+		t.Fatalf("got %v, want the collision refused", err)
+	}
+	ch := f.issueAsync(f.ctx, testRequest)
+	var mine *cmapi.CertificateRequest
+	eventually(t, "a second request", func() bool {
+		list, _ := f.cs.CertmanagerV1().CertificateRequests("team-a").List(f.ctx, metav1.ListOptions{})
+		for i := range list.Items {
+			if string(list.Items[i].Spec.Request) != "someone else's CSR" {
+				mine = &list.Items[i]
+			}
+		}
+		return mine != nil
+	})
+	f.sign(t, mine)
+	if r := <-ch; r.err != nil || r.res.Request.Name != mine.Name {
+		t.Fatalf("got %v from %v, want the volume's own request %s", r.err, r.res, mine.Name)
+	}
+}
+
+// A wait that times out says where the request stands, in the approver's or
+// issuer's words, quoted and cut.
+func TestTimeoutSaysWhereTheRequestStands(t *testing.T) {
+	f := newFixture(t, testIssuer)
+	issue := func() error {
+		ctx, cancel := context.WithTimeout(f.ctx, 100*time.Millisecond)
+		defer cancel()
+		_, err := f.client.Issue(ctx, testRequest)
+		if failure.ReasonOf(err) != failure.Timeout {
+			t.Fatalf("got %v, want a timeout", err)
+		}
+		return err
+	}
+	if err := issue(); !strings.Contains(err.Error(), "not yet approved or denied: is the approver running?") {
+		t.Errorf("unapproved: %v", err)
+	}
+	cr := f.created(t)
+	f.setCondition(t, cr, cmapi.CertificateRequestConditionApproved, cmmeta.ConditionTrue, "spiffe.csi.cert-manager.io", "ok")
+	cr, _ = f.cs.CertmanagerV1().CertificateRequests("team-a").Get(f.ctx, cr.Name, metav1.GetOptions{})
+	long := "Waiting on certificate issuance\x1b[31m " + strings.Repeat("x", 500)
+	f.setCondition(t, cr, cmapi.CertificateRequestConditionReady, cmmeta.ConditionFalse, cmapi.CertificateRequestReasonPending, long)
+	eventually(t, "the issuer's condition in the cache", func() bool {
+		obj, ok, _ := f.client.opts.Waiter.informer.GetStore().GetByKey("team-a/" + cr.Name)
+		return ok && len(obj.(*cmapi.CertificateRequest).Status.Conditions) == 2
+	})
+	err := issue()
+	if !strings.Contains(err.Error(), `approved; the issuer says "Pending": "Waiting on certificate issuance\x1b[31m xxx`) ||
+		strings.Contains(err.Error(), "\x1b") || len(err.Error()) > 400 {
+		t.Errorf("issuing: %q", err)
+	}
+}
+
+func matchesCSR(t *testing.T, keyPEM, csrPEM []byte) bool {
+	t.Helper()
+	kb, _ := pem.Decode(keyPEM)
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(parseCSR(t, csrPEM).PublicKey)
+}
+
+// eventually waits for cond; tests only.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil })
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/pem"
+	"strings"
 	"testing"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
@@ -68,15 +70,34 @@ func TestCreateCSRShape(t *testing.T) {
 	}
 }
 
+// Request names are the pod's, cut to stay a valid name, then 10 random
+// characters: distinct on every call.
+func TestRequestName(t *testing.T) {
+	for _, tc := range []struct{ pod, prefix string }{
+		{"app-0", "app-0-"},
+		{strings.Repeat("a", 199) + ".b", strings.Repeat("a", 199) + "-"}, // cut after the dot
+		{strings.Repeat("a", 250), strings.Repeat("a", 200) + "-"},
+	} {
+		a, b := requestName(tc.pod), requestName(tc.pod)
+		if a == b || !strings.HasPrefix(a, tc.prefix) || len(a) != len(tc.prefix)+10 {
+			t.Errorf("requestName(%d chars) = %q, %q; want %q and 10 random characters, twice different", len(tc.pod), a, b, tc.prefix)
+		}
+		if errs := validation.IsDNS1123Subdomain(a); len(errs) > 0 {
+			t.Errorf("requestName(%d chars) = %q: %v", len(tc.pod), a, errs)
+		}
+	}
+}
+
 func TestBuildRequest(t *testing.T) {
 	issuer := cmmeta.IssuerReference{Name: "spiffe-ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}
 	long := string(bytes.Repeat([]byte("n"), 70))
 	cr := buildRequest(requestParams{
+		Name:       "app-0-abcdefghij",
 		DriverName: spiffe.DefaultDriverName, NodeName: long, ID: "spiffe://cluster.local/ns/team-a/sa/app",
 		Namespace: "team-a", PodName: "app-0", PodUID: "uid-1", CSR: []byte("csr"), Duration: time.Hour, Issuer: issuer,
 	})
 	switch {
-	case cr.Name != "" || cr.GenerateName != "app-0-":
+	case cr.Name != "app-0-abcdefghij" || cr.GenerateName != "":
 		t.Errorf("name %q generateName %q", cr.Name, cr.GenerateName)
 	case cr.Namespace != "team-a":
 		t.Errorf("namespace %q", cr.Namespace)

@@ -1,7 +1,10 @@
 package issuance
 
 import (
+	"crypto/rand"
+	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -14,6 +17,7 @@ import (
 
 // requestParams are the inputs of a CertificateRequest.
 type requestParams struct {
+	Name       string
 	DriverName string
 	NodeName   string
 	ID         string
@@ -25,25 +29,35 @@ type requestParams struct {
 	Issuer     cmmeta.IssuerReference
 }
 
-// maxGenerateName keeps "<pod>-" plus the API server's 5 random characters
-// well inside a name's 253.
-const maxGenerateName = 200
+// maxNamePrefix keeps "<pod>-" plus the random suffix well inside a name's
+// 253 characters.
+const maxNamePrefix = 200
+
+// requestName is a new request's name: the pod's, then 10 random characters
+// (50 bits). The driver names requests itself rather than through
+// generateName, so that a create whose answer was lost can be sent again
+// without making a second request.
+func requestName(podName string) string {
+	prefix := podName
+	if len(prefix) > maxNamePrefix {
+		prefix = prefix[:maxNamePrefix]
+	}
+	// A cut may end a DNS label with '.' or '-'.
+	prefix = strings.TrimRight(prefix, ".-")
+	return prefix + "-" + strings.ToLower(rand.Text()[:10])
+}
 
 // buildRequest returns the CertificateRequest to create in the pod's
-// namespace: named after the pod (generateName, so names never collide),
-// annotated with the identity and the pod, labelled for the approver and for this node's
-// informer, owned by the pod so it is garbage-collected with it. The owner
-// reference sets neither controller nor blockOwnerDeletion: the latter needs
-// delete permission on pods, which a pod's ServiceAccount does not have.
+// namespace: annotated with the identity and the pod, labelled for the
+// approver and for this node's informer, owned by the pod so it is
+// garbage-collected with it. The owner reference sets neither controller nor
+// blockOwnerDeletion: the latter needs delete permission on pods, which a
+// pod's ServiceAccount does not have.
 func buildRequest(p requestParams) *cmapi.CertificateRequest {
-	prefix := p.PodName
-	if len(prefix) > maxGenerateName {
-		prefix = prefix[:maxGenerateName]
-	}
 	return &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: prefix + "-",
-			Namespace:    p.Namespace,
+			Name:      p.Name,
+			Namespace: p.Namespace,
 			Annotations: map[string]string{
 				spiffe.IdentityAnnotation:     p.ID,
 				spiffe.PodNamespaceAnnotation: p.Namespace,
@@ -107,4 +121,39 @@ func outcomeOf(cr *cmapi.CertificateRequest) (outcome, string) {
 		return denied, ready.Message
 	}
 	return pending, ""
+}
+
+// maxEcho bounds a condition message echoed in a driver message.
+const maxEcho = 200
+
+// pendingState says, for a timed-out wait, where the request stood when it
+// was last seen: with the approver, or with the issuer and its own words.
+func pendingState(cr *cmapi.CertificateRequest) string {
+	if cr == nil {
+		return "not yet seen in the driver's cache"
+	}
+	var approved, ready *cmapi.CertificateRequestCondition
+	for i := range cr.Status.Conditions {
+		switch c := &cr.Status.Conditions[i]; c.Type {
+		case cmapi.CertificateRequestConditionApproved:
+			approved = c
+		case cmapi.CertificateRequestConditionReady:
+			ready = c
+		}
+	}
+	switch {
+	case approved == nil || approved.Status != cmmeta.ConditionTrue:
+		return "not yet approved or denied: is the approver running?"
+	case ready == nil:
+		return "approved; the issuer has not reported yet"
+	}
+	return fmt.Sprintf("approved; the issuer says %q: %q", echo(ready.Reason), echo(ready.Message))
+}
+
+// echo cuts a message from the API to maxEcho bytes.
+func echo(s string) string {
+	if len(s) > maxEcho {
+		return s[:maxEcho] + "..."
+	}
+	return s
 }

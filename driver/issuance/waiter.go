@@ -128,7 +128,8 @@ func (w *Waiter) cached(namespace, name string) bool {
 }
 
 // wait blocks until the request namespace/name is issued, denied or failed,
-// it is deleted, issuerChanged is closed, or ctx is done.
+// it is deleted, issuerChanged is closed, or ctx is done; then it returns the
+// request as last seen, if it was, with ctx's error.
 func (w *Waiter) wait(ctx context.Context, namespace, name string, issuerChanged <-chan struct{}) (*cmapi.CertificateRequest, error) {
 	key := namespace + "/" + name
 	wt := &waiter{wake: make(chan struct{}, 1)}
@@ -140,6 +141,7 @@ func (w *Waiter) wait(ctx context.Context, namespace, name string, issuerChanged
 		delete(w.waiters, key)
 		w.mu.Unlock()
 	}()
+	var last *cmapi.CertificateRequest
 	for {
 		// Registered first, read second: an event between the two still wakes us.
 		obj, exists, err := w.informer.GetStore().GetByKey(key)
@@ -151,6 +153,7 @@ func (w *Waiter) wait(ctx context.Context, namespace, name string, issuerChanged
 				if o, _ := outcomeOf(cr); o != pending {
 					return cr, nil
 				}
+				last = cr
 			}
 		} else {
 			w.mu.Lock()
@@ -162,7 +165,7 @@ func (w *Waiter) wait(ctx context.Context, namespace, name string, issuerChanged
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return last, ctx.Err()
 		case <-issuerChanged:
 			return nil, errIssuerChanged
 		case <-wt.wake:

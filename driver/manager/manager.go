@@ -28,7 +28,8 @@ type Issuer interface {
 	// Issue returns a certificate for the pod, resuming the volume's pending
 	// request if there is one. Errors carry a failure.Reason.
 	Issue(ctx context.Context, req issuance.Request) (*issuance.Result, error)
-	// Release deletes the volume's request, if any.
+	// Release forgets the volume's request, if any, and has it deleted in
+	// the background: it returns at once.
 	Release(ctx context.Context, volumeID string)
 }
 
@@ -60,8 +61,6 @@ type Options struct {
 	// credentials; volumes need no pod token, first or at renewal.
 	NodeBound bool
 
-	// MaxConcurrentIssuances bounds issuances in flight across all volumes.
-	MaxConcurrentIssuances int
 	// RenewTimeout bounds one renewal attempt; a request still pending then
 	// is resumed by the next attempt.
 	RenewTimeout time.Duration
@@ -79,7 +78,6 @@ type Options struct {
 type Manager struct {
 	opts      Options
 	sched     *renew.Scheduler
-	sem       chan struct{}
 	locks     volumeLocks
 	recovered atomic.Bool
 	caMu      sync.Mutex // serialises RefreshCA
@@ -96,9 +94,6 @@ func New(opts Options) (*Manager, error) {
 	case opts.Files.Certificate == "" || opts.Files.Key == "":
 		return nil, errors.New("volume manager: certificate and key file names are required")
 	}
-	if opts.MaxConcurrentIssuances <= 0 {
-		opts.MaxConcurrentIssuances = 10
-	}
 	if opts.RenewTimeout <= 0 {
 		opts.RenewTimeout = 2 * time.Minute
 	}
@@ -114,7 +109,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Jitter == nil {
 		opts.Jitter = rand.Float64
 	}
-	m := &Manager{opts: opts, sem: make(chan struct{}, opts.MaxConcurrentIssuances), vols: map[string]*vol{}}
+	m := &Manager{opts: opts, vols: map[string]*vol{}}
 	m.sched = renew.New(opts.Clock, m.renew)
 	return m, nil
 }

@@ -589,3 +589,65 @@ func TestNodeBoundRenewsWithoutToken(t *testing.T) {
 		t.Errorf("calls = %+v, want a publish and a renewal without a token", calls)
 	}
 }
+
+// A volume recovered after a restart whose renewal is already due is not
+// renewed before the driver is ready (the request cache and the live
+// settings read): the scheduler runs, and the renewal waits for the checks.
+func TestRecoveredRenewalWaitsUntilReady(t *testing.T) {
+	dir := t.TempDir()
+	mounter := mount.NewFake()
+	t0 := time.Now()
+	fc := clocktesting.NewFakeClock(t0)
+	var ready atomic.Bool
+	newManager := func(fi *managertest.Issuer) *Manager {
+		store, err := volume.NewStore(filepath.Join(dir, "data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi.Clock = fc
+		m, err := New(Options{Issuer: fi, Mounter: mounter, Store: store, NodeBound: true, Clock: fc,
+			Files:  FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"},
+			Checks: []Check{{Name: "the live settings", Ready: ready.Load}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	_, ctx := ktesting.NewTestContext(t)
+	ready.Store(true)
+	m1 := newManager(managertest.NewIssuer())
+	if err := m1.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	md := meta(dir, "vol-1")
+	if err := m1.Publish(ctx, md, Token{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The driver restarts after the renewal fell due, before its caches sync.
+	ready.Store(false)
+	fc.SetTime(t0.Add(59 * time.Minute))
+	fi2 := managertest.NewIssuer()
+	m2 := newManager(fi2)
+	if err := m2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { m2.Run(rctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	// The due renewal ran, found the driver not ready and set a timer again.
+	eventually(t, "the renewal to be put off", func() bool {
+		due, ok := m2.sched.Due("vol-1")
+		return ok && due.After(fc.Now()) && fc.HasWaiters()
+	})
+	if calls := fi2.Calls(); len(calls) != 0 {
+		t.Fatalf("renewed before the driver was ready: %+v", calls)
+	}
+	ready.Store(true)
+	fc.Step(notReadyRetry)
+	eventually(t, "the renewal once ready", func() bool { return len(fi2.Calls()) == 1 })
+	if c := fi2.Calls()[0]; !c.Renewal || c.VolumeID != "vol-1" {
+		t.Errorf("call %+v, want a renewal of vol-1", c)
+	}
+}

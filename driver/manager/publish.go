@@ -12,10 +12,6 @@ import (
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
 
-// releaseTimeout bounds the deletion of a request once its certificate is
-// written; it does not hold up the answer for long.
-const releaseTimeout = 10 * time.Second
-
 // unpublishLockWait bounds how long an unpublish waits for a renewal it has
 // cancelled to let go of the volume.
 const unpublishLockWait = 10 * time.Second
@@ -95,17 +91,16 @@ func (m *Manager) publish(ctx context.Context, meta volume.Meta, tok Token) (err
 		logger.Error(err, "Could not rewrite the CA bundle that changed during the publish; the next change or restart retries")
 	}
 	at := m.scheduleRenewal(v)
-	m.release(ctx, meta.VolumeID)
+	m.opts.Issuer.Release(ctx, meta.VolumeID) // in the background: the pod does not wait for it
 	logger.Info("Published volume", logkey.CertificateRequest, res.Request, logkey.NotAfter, res.NotAfter, logkey.RenewAt, at)
 	return nil
 }
 
-// issueAndWrite has a certificate issued for v's pod, within the node-wide
-// limit of issuances in flight, and writes it into the volume. It records
-// exactly one outcome in the metrics.
+// issueAndWrite has a certificate issued for v's pod and writes it into the
+// volume. It records exactly one outcome in the metrics.
 func (m *Manager) issueAndWrite(ctx context.Context, trigger string, v *vol) (*issuance.Result, error) {
 	start := m.opts.Clock.Now()
-	res, err := m.issue(ctx, v)
+	res, err := m.issue(ctx, v, trigger == "renew")
 	if err == nil {
 		if werr := m.write(v, res); werr != nil {
 			err = failure.New(failure.Local, "write certificate into volume %s: %w", v.meta.VolumeID, werr)
@@ -120,24 +115,18 @@ func (m *Manager) issueAndWrite(ctx context.Context, trigger string, v *vol) (*i
 	return res, nil
 }
 
-func (m *Manager) issue(ctx context.Context, v *vol) (*issuance.Result, error) {
-	select {
-	case m.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, failure.New(failure.Timeout, "waiting for one of %d issuance slots: %w", cap(m.sem), ctx.Err())
-	}
-	defer func() { <-m.sem }()
-	// Read after the wait for a slot: a token that expired meanwhile is not sent.
-	var token string
+func (m *Manager) issue(ctx context.Context, v *vol, renewal bool) (*issuance.Result, error) {
+	var token Token
 	if !m.opts.NodeBound {
 		var ok bool
-		if token, ok = v.freshToken(m.opts.Clock.Now()); !ok {
+		if token, ok = v.freshTokenWithExpiry(m.opts.Clock.Now()); !ok {
 			return nil, failure.New(failure.Token, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
 		}
 	}
+	// The issuer checks the expiry again once it has a create slot.
 	return m.opts.Issuer.Issue(ctx, issuance.Request{
 		VolumeID: v.meta.VolumeID, Namespace: v.meta.PodNamespace, PodName: v.meta.PodName,
-		PodUID: v.meta.PodUID, ServiceAccount: v.meta.ServiceAccount, Token: token,
+		PodUID: v.meta.PodUID, ServiceAccount: v.meta.ServiceAccount, Token: token.Value, TokenExpiry: token.Expiry, Renewal: renewal,
 	})
 }
 
@@ -170,15 +159,9 @@ func (m *Manager) caBundle() []byte {
 	return nil
 }
 
-// release deletes the volume's request once its certificate is written.
-func (m *Manager) release(ctx context.Context, id string) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
-	m.opts.Issuer.Release(rctx, id)
-}
-
-// Unpublish unmounts the volume, removes its state and key, and deletes a
-// pending request. An unknown volume succeeds.
+// Unpublish unmounts the volume, removes its state and key, and has a
+// pending request deleted in the background: it makes no API call. An
+// unknown volume succeeds.
 func (m *Manager) Unpublish(ctx context.Context, id, target string) error {
 	logger := klog.FromContext(ctx)
 	v := m.lookup(id)

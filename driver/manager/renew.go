@@ -23,6 +23,10 @@ func (m *Manager) scheduleRenewal(v *vol) time.Time {
 	return at
 }
 
+// notReadyRetry is how soon a renewal that fell due before the driver was
+// ready is tried again.
+const notReadyRetry = time.Second
+
 // renew is the scheduler's work for one volume: a new key and certificate
 // with the freshest token, or a jittered, growing backoff.
 func (m *Manager) renew(ctx context.Context, id string) {
@@ -32,6 +36,14 @@ func (m *Manager) renew(ctx context.Context, id string) {
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, id, logkey.Pod, klog.KRef(v.meta.PodNamespace, v.meta.PodName))
 	ctx = klog.NewContext(ctx, logger)
+	if err := m.Ready(); err != nil {
+		// Volumes recovered at start fall due before the request cache and
+		// the live settings are read: a renewal then could go to an issuer
+		// that is no longer active.
+		logger.V(2).Info("Renewal due; waiting for the driver to be ready", "err", err)
+		m.sched.Schedule(id, m.opts.Clock.Now().Add(notReadyRetry))
+		return
+	}
 	if !m.opts.NodeBound { // node-bound: the driver's own credentials, no pod token to wait for
 		if _, ok := v.freshToken(m.opts.Clock.Now()); !ok {
 			// Nothing to send yet: the next republish (about every 10 s) reschedules.
@@ -63,7 +75,7 @@ func (m *Manager) renew(ctx context.Context, id string) {
 
 	_, err = m.issueAndWrite(rctx, "renew", v)
 	if err == nil {
-		m.release(ctx, id) // also when shutting down: the certificate is written
+		m.opts.Issuer.Release(ctx, id)
 	}
 	if ctx.Err() != nil || errors.Is(rctx.Err(), context.Canceled) {
 		return // shutting down, or unpublished (v.close cancels rctx): not a failure

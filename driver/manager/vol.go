@@ -47,15 +47,21 @@ func (v *vol) setToken(t Token) (wasAwaiting bool) {
 	return wasAwaiting
 }
 
-// freshToken returns the latest token unless it has expired.
+// freshToken returns the latest token's value unless it has expired.
 func (v *vol) freshToken(now time.Time) (string, bool) {
+	t, ok := v.freshTokenWithExpiry(now)
+	return t.Value, ok
+}
+
+// freshTokenWithExpiry returns the latest token unless it has expired.
+func (v *vol) freshTokenWithExpiry(now time.Time) (Token, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.token.Value == "" || (!v.token.Expiry.IsZero() && !now.Before(v.token.Expiry)) {
 		v.awaitingToken = true
-		return "", false
+		return Token{}, false
 	}
-	return v.token.Value, true
+	return v.token, true
 }
 
 func (v *vol) validity() (time.Time, time.Time) {

@@ -105,6 +105,24 @@ func (m *Metrics) ObserveVolumes(v Volumes) {
 	)
 }
 
+// Deletions is what the deletion gauge reads at scrape time.
+type Deletions interface {
+	// Pending is the number of requests queued for deletion or being retried.
+	Pending() int
+}
+
+// ObserveDeletions registers the gauge of requests waiting to be deleted.
+// Call it once.
+func (m *Metrics) ObserveDeletions(d Deletions) {
+	if m == nil {
+		return
+	}
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "request_deletions_pending",
+		Help: "CertificateRequests of no more use that are queued for deletion or being retried after a failed delete.",
+	}, func() float64 { return float64(d.Pending()) }))
+}
+
 // Handler serves the registry.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})

@@ -26,10 +26,11 @@ import (
 // CSR, create as the ServiceAccount, wait for the certificate on a watch,
 // delete) done by a bare client with no driver in between. It also counts, at
 // the API server, the requests made per issuance and per republish.
-// Run with -benchtime=1x.
+// The driver cases run in both request modes: pod-token, then node-bound
+// (the shipped default). Run with -benchtime=1x.
 func BenchmarkPublish(b *testing.B) {
 	n := startNode(b, "bench", nodeOpts{})
-	const rounds = 30
+	nb := startNode(b, "benchnb", nodeOpts{nodeBound: true})
 
 	b.Run("floor", func(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -74,72 +75,85 @@ func BenchmarkPublish(b *testing.B) {
 		b.ReportMetric(total.Seconds(), "all-100-s")
 	})
 
-	b.Run("1", func(b *testing.B) {
-		ns := newTenant(b, "one")
-		ctx := context.Background()
-		var lat []time.Duration
-		var republish []time.Duration
-		auditBefore := auditVerbs(b, ns)
-		for i := range rounds {
-			v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
-			req, err := n.kubelet.PublishRequest(ctx, v)
-			if err != nil {
-				b.Fatal(err)
-			}
-			start := time.Now()
-			if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
-				b.Fatal(err)
-			}
-			lat = append(lat, time.Since(start))
-			start = time.Now()
-			if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
-				b.Fatal(err)
-			}
-			republish = append(republish, time.Since(start))
-		}
-		report(b, lat)
-		slices.Sort(republish)
-		b.ReportMetric(float64(republish[len(republish)/2].Microseconds())/1000, "republish-p50-ms")
-		time.Sleep(2 * time.Second) // the last deletes reach the audit log
-		verbs := auditVerbs(b, ns)
-		for _, verb := range []string{"create", "delete", "update", "patch", "get", "list"} {
-			b.ReportMetric(float64(verbs[verb]-auditBefore[verb])/rounds, verb+"s/issuance")
-		}
-	})
+	for _, mode := range []struct {
+		prefix string
+		n      *node
+	}{{"", n}, {"node-bound-", nb}} {
+		b.Run(mode.prefix+"1", func(b *testing.B) { benchOneByOne(b, mode.n) })
+		b.Run(mode.prefix+"100", func(b *testing.B) { benchHundred(b, mode.n) })
+	}
+}
 
-	b.Run("100", func(b *testing.B) {
-		ns := newTenant(b, "hundred")
-		ctx := context.Background()
-		reqs := make([]*podCall, 100)
-		for i := range reqs {
-			v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
-			r, err := n.kubelet.PublishRequest(ctx, v)
-			if err != nil {
-				b.Fatal(err)
-			}
-			reqs[i] = &podCall{v: v, req: r}
+// rounds is how many publishes the sequential cases make.
+const rounds = 30
+
+// benchOneByOne publishes new pods one after the other, and republishes each.
+func benchOneByOne(b *testing.B, n *node) {
+	ns := newTenant(b, "one")
+	ctx := context.Background()
+	var lat []time.Duration
+	var republish []time.Duration
+	auditBefore := auditVerbs(b, ns)
+	for i := range rounds {
+		v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
+		req, err := n.kubelet.PublishRequest(ctx, v)
+		if err != nil {
+			b.Fatal(err)
 		}
-		var wg sync.WaitGroup
 		start := time.Now()
-		for _, c := range reqs {
-			wg.Go(func() {
-				s := time.Now()
-				_, c.err = n.kubelet.Node.NodePublishVolume(ctx, c.req)
-				c.lat = time.Since(s)
-			})
+		if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		total := time.Since(start)
-		var lat []time.Duration
-		for _, c := range reqs {
-			if c.err != nil {
-				b.Fatal(c.err)
-			}
-			lat = append(lat, c.lat)
+		lat = append(lat, time.Since(start))
+		start = time.Now()
+		if _, err := n.kubelet.Node.NodePublishVolume(ctx, req); err != nil {
+			b.Fatal(err)
 		}
-		report(b, lat)
-		b.ReportMetric(total.Seconds(), "all-100-s")
-	})
+		republish = append(republish, time.Since(start))
+	}
+	report(b, lat)
+	slices.Sort(republish)
+	b.ReportMetric(float64(republish[len(republish)/2].Microseconds())/1000, "republish-p50-ms")
+	time.Sleep(2 * time.Second) // the last deletes reach the audit log
+	verbs := auditVerbs(b, ns)
+	for _, verb := range []string{"create", "delete", "update", "patch", "get", "list"} {
+		b.ReportMetric(float64(verbs[verb]-auditBefore[verb])/rounds, verb+"s/issuance")
+	}
+}
+
+// benchHundred publishes 100 new pods at once.
+func benchHundred(b *testing.B, n *node) {
+	ns := newTenant(b, "hundred")
+	ctx := context.Background()
+	reqs := make([]*podCall, 100)
+	for i := range reqs {
+		v := n.pod(b, ns, "p"+strconv.Itoa(i), nil, nil)
+		r, err := n.kubelet.PublishRequest(ctx, v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs[i] = &podCall{v: v, req: r}
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, c := range reqs {
+		wg.Go(func() {
+			s := time.Now()
+			_, c.err = n.kubelet.Node.NodePublishVolume(ctx, c.req)
+			c.lat = time.Since(s)
+		})
+	}
+	wg.Wait()
+	total := time.Since(start)
+	var lat []time.Duration
+	for _, c := range reqs {
+		if c.err != nil {
+			b.Fatal(c.err)
+		}
+		lat = append(lat, c.lat)
+	}
+	report(b, lat)
+	b.ReportMetric(total.Seconds(), "all-100-s")
 }
 
 type podCall struct {

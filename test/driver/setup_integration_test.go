@@ -118,6 +118,9 @@ type nodeOpts struct {
 	// nodeBound runs both in node-bound mode: the driver with a token bound
 	// to a pod of its ServiceAccount on this node, as its DaemonSet pod has.
 	nodeBound bool
+	// wrapKubeconfig, if set, is given the driver's kubeconfig and returns
+	// the one it runs with (a fault-injecting proxy's).
+	wrapKubeconfig func(kubeconfig string) string
 }
 
 func startNode(t testing.TB, name string, o nodeOpts) *node {
@@ -140,6 +143,9 @@ func startNode(t testing.TB, name string, o nodeOpts) *node {
 		}
 		modes = []string{"--request-mode=node-bound", "--request-modes=node-bound",
 			"--driver-service-account=" + testbed.CertManagerNamespace + "/svid-csi-driver"}
+	}
+	if o.wrapKubeconfig != nil {
+		o.kubeconfig = o.wrapKubeconfig(o.kubeconfig)
 	}
 	n := &node{t: t, name: name, driverName: name + ".spiffe.test", dir: filepath.Join(bed.Dir, name)}
 	n.dataRoot, n.kubeletDir = filepath.Join(n.dir, "data"), filepath.Join(n.dir, "kubelet")
@@ -307,7 +313,7 @@ func (n *node) waitReady() {
 		return err == nil && resp.GetReady().GetValue(), nil
 	})
 	if err != nil {
-		n.t.Fatalf("driver never ready: %v", err)
+		n.t.Fatalf("driver never ready: %v\n%s", err, tail(grepLines(n.driver.Tail(1<<20), "", "/csi.v1.Identity/Probe"), 8192))
 	}
 }
 
