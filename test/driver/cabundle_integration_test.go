@@ -75,6 +75,10 @@ func TestCABundleFollowsTheFile(t *testing.T) {
 		data, _ := os.ReadFile(filepath.Join(v.TargetPath, "tls.crt"))
 		certPEMs = append(certPEMs, data)
 	}
+	// The requests are deleted in the background after each publish: counted
+	// once the last delete is in the audit log.
+	waitNoRequests(t, ns)
+	time.Sleep(time.Second)
 	requests := auditCount(t, ns)
 
 	// The CA rotates: the bundle carries both roots for the switch.
