@@ -148,8 +148,8 @@ func TestRepublishOfHealthyVolumeOnlyKeepsToken(t *testing.T) {
 	if after, _ := os.ReadFile(filepath.Join(md.TargetPath, "tls.key")); !bytes.Equal(before, after) {
 		t.Error("key changed on republish")
 	}
-	if tok, _ := tm.m.lookup("vol-1").freshToken(time.Now()); tok != "tok-6" {
-		t.Errorf("token kept = %q, want the latest", tok)
+	if tok, _ := tm.m.lookup("vol-1").freshToken(time.Now()); tok.Value != "tok-6" {
+		t.Errorf("token kept = %q, want the latest", tok.Value)
 	}
 	// A republish elsewhere, or for another pod, is a conflict.
 	other := md
@@ -323,8 +323,8 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if len(fi2.Calls()) != 0 {
 		t.Error("republish after restart issued a certificate")
 	}
-	if tok, ok := v.freshToken(time.Now()); !ok || tok != "fresh" {
-		t.Errorf("token after republish = %q", tok)
+	if tok, ok := v.freshToken(time.Now()); !ok || tok.Value != "fresh" {
+		t.Errorf("token after republish = %q", tok.Value)
 	}
 }
 

@@ -119,7 +119,7 @@ func (m *Manager) issue(ctx context.Context, v *vol, renewal bool) (*issuance.Re
 	var token Token
 	if !m.opts.NodeBound {
 		var ok bool
-		if token, ok = v.freshTokenWithExpiry(m.opts.Clock.Now()); !ok {
+		if token, ok = v.freshToken(m.opts.Clock.Now()); !ok {
 			return nil, failure.New(failure.Token, "the pod's token for volume %s has expired; the next republish brings a fresh one", v.meta.VolumeID)
 		}
 	}

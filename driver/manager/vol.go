@@ -47,14 +47,8 @@ func (v *vol) setToken(t Token) (wasAwaiting bool) {
 	return wasAwaiting
 }
 
-// freshToken returns the latest token's value unless it has expired.
-func (v *vol) freshToken(now time.Time) (string, bool) {
-	t, ok := v.freshTokenWithExpiry(now)
-	return t.Value, ok
-}
-
-// freshTokenWithExpiry returns the latest token unless it has expired.
-func (v *vol) freshTokenWithExpiry(now time.Time) (Token, bool) {
+// freshToken returns the latest token unless it has expired.
+func (v *vol) freshToken(now time.Time) (Token, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.token.Value == "" || (!v.token.Expiry.IsZero() && !now.Before(v.token.Expiry)) {
