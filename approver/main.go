@@ -37,7 +37,7 @@ func main() {
 	flag.DurationVar(&cfg.LeaderElectionLeaseDuration, "leader-election-lease-duration", cfg.LeaderElectionLeaseDuration, "how long standbys wait before taking over an unrenewed lease")
 	flag.DurationVar(&cfg.LeaderElectionRenewDeadline, "leader-election-renew-deadline", cfg.LeaderElectionRenewDeadline, "how long the leader retries renewing before it stops leading")
 	flag.DurationVar(&cfg.LeaderElectionRetryPeriod, "leader-election-retry-period", cfg.LeaderElectionRetryPeriod, "interval between lease acquire and renew attempts")
-	flag.IntVar(&cfg.Workers, "workers", cfg.Workers, "number of concurrent workers")
+	flag.IntVar(&cfg.Workers, "workers", cfg.Workers, "number of requests decided at once; more than about 4 makes cert-manager's webhook throttle its SubjectAccessReviews, and slows decisions down")
 	flag.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "address of the Prometheus /metrics endpoint (empty disables)")
 	flag.StringVar(&cfg.HealthAddress, "health-address", cfg.HealthAddress, "address of the /healthz and /readyz endpoints")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "path to a kubeconfig (empty: in-cluster configuration)")

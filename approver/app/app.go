@@ -38,6 +38,7 @@ const Component = "svid-csi-approver"
 // are retried.
 func Run(ctx context.Context, cfg Completed) error {
 	logger := klog.FromContext(ctx)
+	run.LimitMemory(logger)
 
 	restConfig, err := cfg.Shared.RESTConfig(Component)
 	if err != nil {
@@ -80,13 +81,12 @@ func Run(ctx context.Context, cfg Completed) error {
 
 	registry := prometheus.NewRegistry()
 	m := metrics.New(registry)
-	factory := controller.NewInformerFactory(cm, cfg.DriverName)
 	ctrl, err := controller.New(controller.Options{
-		Client:   cm,
-		Informer: factory.Certmanager().V1().CertificateRequests(),
-		Settings: tracker,
-		Recorder: recorder,
-		Metrics:  m,
+		Client:    cm,
+		ListWatch: controller.NewListWatch(cm, cfg.DriverName),
+		Settings:  tracker,
+		Recorder:  recorder,
+		Metrics:   m,
 
 		Modes:          cfg.Modes,
 		DriverUsername: cfg.DriverUsername,
@@ -123,16 +123,11 @@ func Run(ctx context.Context, cfg Completed) error {
 			Issuer: tracker, Report: m.SignerApprovable,
 		})
 	})
-	workersStopped := make(chan struct{})
-	g.Go("informers", func(ctx context.Context) error {
-		factory.StartWithContext(ctx)
-		<-ctx.Done()
-		<-workersStopped // the factory is shut down after the workers stop
-		factory.Shutdown()
+	g.Go("request watch", func(ctx context.Context) error {
+		ctrl.Watch(ctx)
 		return nil
 	})
 	g.Go("controller", func(ctx context.Context) error {
-		defer close(workersStopped)
 		return runController(ctx, cfg.Config, kube, ctrl, m, func(lead bool) {
 			leading.Store(lead)
 			if lead {

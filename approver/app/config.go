@@ -45,10 +45,15 @@ func DefaultConfig() Config {
 		LeaderElectionLeaseDuration: 15 * time.Second,
 		LeaderElectionRenewDeadline: 10 * time.Second,
 		LeaderElectionRetryPeriod:   2 * time.Second,
-		Workers:                     16,
-		MetricsAddress:              ":9402",
-		HealthAddress:               ":9403",
-		RequestModes:                spiffe.ModePodToken,
+		// Each decision is one status write that cert-manager's webhook
+		// authorises with SubjectAccessReviews from a client limited to 5
+		// a second, cached for 1 s: every write in flight when that cache
+		// expires asks again, and past about 4 at once the webhook
+		// throttles itself for seconds (docs/approver.md, measured).
+		Workers:        4,
+		MetricsAddress: ":9402",
+		HealthAddress:  ":9403",
+		RequestModes:   spiffe.ModePodToken,
 	}
 }
 

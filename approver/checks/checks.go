@@ -33,20 +33,20 @@ const (
 	CheckUsages = "usages"
 	// CheckDuration: spec.duration is set and equals the enforced duration.
 	CheckDuration = "duration"
-	// CheckBasicConstraints: spec.isCA is false, and a basicConstraints
-	// extension in the CSR, if present, is empty (CA false, no path length).
+	// CheckBasicConstraints: spec.isCA is false (the CSR may not carry a
+	// basicConstraints extension at all: CheckExtensions).
 	CheckBasicConstraints = "basic-constraints"
-	// CheckCSR: spec.request is one PEM "CERTIFICATE REQUEST" block and nothing
-	// else, the CSR parses (strict DER), and its signature verifies with
+	// CheckCSR: spec.request is at most MaxRequestBytes, one PEM
+	// "CERTIFICATE REQUEST" block and nothing else, the CSR parses (strict DER), and its signature verifies with
 	// SHA-256 or stronger.
 	CheckCSR = "csr"
-	// CheckKey: the public key is ECDSA P-256/P-384, Ed25519 or RSA 2048..8192 bits.
+	// CheckKey: the public key is ECDSA P-256/P-384/P-521, Ed25519 or RSA 2048..8192 bits.
 	CheckKey = "key"
 	// CheckSubject: the raw subject is an empty SEQUENCE (30 00).
 	CheckSubject = "subject"
 	// CheckExtensions: the CSR has no attribute but one extensionRequest with
-	// one value, and it requests no extension but subjectAltName, keyUsage,
-	// extKeyUsage and basicConstraints, each at most once.
+	// one value, and it requests no extension but subjectAltName, keyUsage
+	// and extKeyUsage, each at most once.
 	CheckExtensions = "extensions"
 	// CheckSANs: the subjectAltName extension holds exactly one name, a URI.
 	CheckSANs = "sans"

@@ -10,12 +10,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
-	cminformers "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions"
-	cminformersv1 "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions/certmanager/v1"
-	cmlisters "github.com/cert-manager/cert-manager/pkg/client/listers/certmanager/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -45,8 +40,9 @@ type SettingsSource interface {
 
 // Options configure a Controller.
 type Options struct {
-	Client   cmclient.Interface
-	Informer cminformersv1.CertificateRequestInformer // from NewInformerFactory
+	Client cmclient.Interface
+	// ListWatch lists and watches the requests to decide (NewListWatch).
+	ListWatch cache.ListerWatcher
 	// Settings are the trust domain, duration and issuer every request
 	// must carry.
 	Settings SettingsSource
@@ -69,8 +65,8 @@ type Options struct {
 // Controller decides pending CertificateRequests.
 type Controller struct {
 	client                 cmclient.Interface
-	lister                 cmlisters.CertificateRequestLister
-	synced                 cache.InformerSynced
+	listWatch              cache.ListerWatcher
+	cache                  *requestCache
 	settings               SettingsSource
 	recorder               record.EventRecorder
 	metrics                *metrics.Metrics
@@ -87,30 +83,27 @@ type workQueue struct {
 	workqueue.TypedRateLimitingInterface[cache.ObjectName]
 }
 
-// NewInformerFactory returns a factory whose informers hold only the
-// requests labelled for driverName, filtered by the API server, without
-// managedFields: memory does not grow with other CertificateRequests.
-func NewInformerFactory(client cmclient.Interface, driverName string) cminformers.SharedInformerFactory {
-	selector := labels.Set{spiffe.DriverLabel: driverName}.String()
-	return cminformers.NewSharedInformerFactoryWithOptions(client, 0,
-		cminformers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
-		cminformers.WithTransform(stripManagedFields))
+// NewListWatch lists and watches only the requests labelled for
+// driverName, filtered by the API server: memory does not grow with other
+// CertificateRequests. A list keeps only the pending ones, trimmed, page by
+// page: a restart among many labelled requests holds one page at a time.
+func NewListWatch(client cmclient.Interface, driverName string) cache.ListerWatcher {
+	return spiffe.RequestListWatch(client, labels.Set{spiffe.DriverLabel: driverName}.String(),
+		func(cr *cmapi.CertificateRequest) (*cmapi.CertificateRequest, bool) {
+			if !pending(cr) {
+				return nil, false
+			}
+			return checks.Trim(cr), true
+		})
 }
 
-func stripManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
-// New returns a Controller and registers its event handler on the informer.
+// New returns a Controller; Watch fills its cache.
 func New(opts Options) (*Controller, error) {
 	switch {
 	case opts.Client == nil:
 		return nil, errors.New("controller: Client is required")
-	case opts.Informer == nil:
-		return nil, errors.New("controller: Informer is required")
+	case opts.ListWatch == nil:
+		return nil, errors.New("controller: ListWatch is required")
 	case opts.Settings == nil:
 		return nil, errors.New("controller: Settings is required")
 	case opts.Recorder == nil:
@@ -121,13 +114,13 @@ func New(opts Options) (*Controller, error) {
 		return nil, errors.New("controller: node-bound mode needs Pods, DriverUsername and DriverName")
 	}
 	c := &Controller{
-		client:   opts.Client,
-		lister:   opts.Informer.Lister(),
-		settings: opts.Settings,
-		recorder: opts.Recorder,
-		metrics:  opts.Metrics,
-		now:      opts.Now,
-		modes:    opts.Modes,
+		client:    opts.Client,
+		listWatch: opts.ListWatch,
+		settings:  opts.Settings,
+		recorder:  opts.Recorder,
+		metrics:   opts.Metrics,
+		now:       opts.Now,
+		modes:     opts.Modes,
 
 		driverUser: opts.DriverUsername,
 		driverName: opts.DriverName,
@@ -136,22 +129,14 @@ func New(opts Options) (*Controller, error) {
 	if c.now == nil {
 		c.now = time.Now
 	}
-	reg, err := opts.Informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueue,
-		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
-		// A deleted request needs no decision.
-	})
-	if err != nil {
-		return nil, fmt.Errorf("controller: add event handler: %w", err)
-	}
-	c.synced = reg.HasSynced
+	c.cache = newRequestCache(c.now, c.enqueue)
 	return c, nil
 }
 
 // HasSynced reports whether the request cache and the active issuer are
 // loaded: the approver is ready, leading or standing by.
 func (c *Controller) HasSynced() bool {
-	return c.synced() && c.settings.HasSynced()
+	return c.cache.hasSynced() && c.settings.HasSynced()
 }
 
 // QueueDepth is the number of requests waiting; 0 while standing by.
@@ -175,14 +160,11 @@ func pending(cr *cmapi.CertificateRequest) bool {
 	return true
 }
 
-// enqueue filters before the queue: not ours or decided never enters.
-func (c *Controller) enqueue(obj any) {
-	cr, ok := obj.(*cmapi.CertificateRequest)
-	if !ok || !pending(cr) {
-		return
-	}
+// enqueue queues a pending request while running; the cache holds no
+// other. While standing by it does nothing: Run queues what is pending.
+func (c *Controller) enqueue(key cache.ObjectName) {
 	if q := c.queue.Load(); q != nil {
-		q.Add(cache.MetaObjectToName(cr))
+		q.Add(key)
 	}
 }
 
@@ -202,22 +184,22 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 
 	// Per-item backoff from 5ms to 30s: a request that cannot be decided
 	// yet (no issuer, API errors) is retried without hammering the API and
-	// is decided within 30s of the cause going away.
+	// is decided within 30s of the cause going away. Namespaces take turns
+	// (fairQueue).
+	const name = "certificaterequests"
 	q := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[cache.ObjectName](5*time.Millisecond, 30*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "certificaterequests"})
+		workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{
+			Name: name,
+			DelayingQueue: workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[cache.ObjectName]{
+				Name:  name,
+				Queue: workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[cache.ObjectName]{Name: name, Queue: newFairQueue()}),
+			}),
+		})
 	c.queue.Store(&workQueue{q})
-	// Requests that arrived while standing by: the handler dropped them.
-	crs, err := c.lister.List(labels.Everything())
-	if err != nil {
-		q.ShutDown()
-		c.queue.Store(nil)
-		return fmt.Errorf("list cached CertificateRequests: %w", err)
-	}
-	for _, cr := range crs {
-		if pending(cr) {
-			q.Add(cache.MetaObjectToName(cr))
-		}
+	// Requests that arrived while standing by: enqueue dropped them.
+	for _, key := range c.cache.names() {
+		q.Add(key)
 	}
 
 	logger.Info("Starting workers", "count", workers, "pending", q.Len())
@@ -251,10 +233,10 @@ func (c *Controller) processNextWorkItem(ctx context.Context, q workqueue.TypedR
 	case apierrors.IsConflict(err) || ctx.Err() != nil:
 		// A newer version is on its way through the informer, or we are
 		// stopping: retry quietly.
-		klog.FromContext(ctx).V(4).Info("Retrying", "certificaterequest", klog.KRef(key.Namespace, key.Name), "err", err)
+		klog.FromContext(ctx).V(4).Info("Retrying", "certificaterequest", klog.KRef(key.Namespace, key.Name), "err", printable(err))
 		q.AddRateLimited(key)
 	default:
-		utilruntime.HandleErrorWithContext(ctx, err, "Cannot decide CertificateRequest yet; retrying",
+		utilruntime.HandleErrorWithContext(ctx, errors.New(printable(err)), "Cannot decide CertificateRequest yet; retrying",
 			"certificaterequest", klog.KRef(key.Namespace, key.Name), "retries", q.NumRequeues(key))
 		q.AddRateLimited(key)
 	}

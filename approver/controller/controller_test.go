@@ -29,7 +29,7 @@ import (
 	core "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/svid-csi/svid-csi/approver/checks"
@@ -167,22 +167,15 @@ func newFixtureWith(t *testing.T, src SettingsSource, objs ...*cmapi.Certificate
 		recorder: record.NewFakeRecorder(10),
 		registry: prometheus.NewRegistry(),
 	}
-	factory := NewInformerFactory(f.client, spiffe.DefaultDriverName)
-	informer := factory.Certmanager().V1().CertificateRequests()
-	for _, o := range objs {
-		if err := informer.Informer().GetIndexer().Add(o); err != nil {
-			t.Fatal(err)
-		}
-	}
 	m := metrics.New(f.registry)
 	var err error
 	f.ctrl, err = New(Options{
-		Client:   f.client,
-		Informer: informer,
-		Settings: src,
-		Recorder: f.recorder,
-		Metrics:  m,
-		Now:      func() time.Time { return decidedAt },
+		Client:    f.client,
+		ListWatch: NewListWatch(f.client, spiffe.DefaultDriverName),
+		Settings:  src,
+		Recorder:  f.recorder,
+		Metrics:   m,
+		Now:       func() time.Time { return decidedAt },
 
 		Modes:          checks.Modes{NodeBound: true, PodToken: true},
 		DriverUsername: driverUser,
@@ -191,6 +184,11 @@ func newFixtureWith(t *testing.T, src SettingsSource, objs ...*cmapi.Certificate
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := f.ctrl.cache.Add(o); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m.ObserveQueue(f.ctrl.QueueDepth)
 	return f
@@ -400,41 +398,6 @@ func TestSyncConflictIsRetried(t *testing.T) {
 	}
 }
 
-func TestEventHandlerFiltersBeforeTheQueue(t *testing.T) {
-	f := newFixture(t, flagIssuer)
-	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName]())
-	defer q.ShutDown()
-
-	f.ctrl.enqueue(request(t, "dropped-while-standing-by")) // no queue: standing by
-	f.ctrl.queue.Store(&workQueue{q})
-	noAnnotation := request(t, "foreign")
-	delete(noAnnotation.Annotations, spiffe.IdentityAnnotation)
-	f.ctrl.enqueue(noAnnotation)
-	f.ctrl.enqueue(withCondition(request(t, "approved"), cmapi.CertificateRequestConditionApproved, cmmeta.ConditionTrue))
-	f.ctrl.enqueue(withCondition(request(t, "denied"), cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue))
-	f.ctrl.enqueue(request(t, "pending"))
-	f.ctrl.enqueue(request(t, "pending")) // deduplicated
-
-	if q.Len() != 1 {
-		t.Fatalf("queue length = %d, want 1", q.Len())
-	}
-	if key, _ := q.Get(); key != (cache.ObjectName{Namespace: namespace, Name: "pending"}) {
-		t.Fatalf("queued %v, want %s/pending", key, namespace)
-	}
-}
-
-func TestStripManagedFields(t *testing.T) {
-	cr := request(t, "cr")
-	cr.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
-	out, err := stripManagedFields(cr)
-	if err != nil || out.(*cmapi.CertificateRequest).ManagedFields != nil {
-		t.Fatalf("stripManagedFields = %v, %v; want no managedFields", out, err)
-	}
-	if _, err := stripManagedFields(cache.DeletedFinalStateUnknown{Key: "a/b"}); err != nil {
-		t.Fatalf("tombstone: %v", err)
-	}
-}
-
 // TestRunDecidesAndStops runs the informer and workers against the fake
 // clientset: a request created after start is approved, one that was pending
 // before start too, and Run returns once ctx is done.
@@ -443,10 +406,9 @@ func TestRunDecidesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := newFixture(t, flagIssuer)
-	// A fresh informer: the fixture's is filled by hand.
-	factory := NewInformerFactory(f.client, spiffe.DefaultDriverName)
+	// A fresh controller: the fixture's cache is filled by hand.
 	tracker, _ := settings.New(settings.Options{Flags: withIssuer(flagIssuer)})
-	ctrl, err := New(Options{Client: f.client, Informer: factory.Certmanager().V1().CertificateRequests(),
+	ctrl, err := New(Options{Client: f.client, ListWatch: NewListWatch(f.client, spiffe.DefaultDriverName),
 		Settings: tracker, Recorder: f.recorder, Modes: checks.Modes{PodToken: true}})
 	if err != nil {
 		t.Fatal(err)
@@ -455,8 +417,9 @@ func TestRunDecidesAndStops(t *testing.T) {
 	if _, err := crs.Create(ctx, request(t, "before"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	factory.StartWithContext(ctx)
-	defer factory.Shutdown()
+	watched := make(chan struct{})
+	go func() { defer close(watched); ctrl.Watch(ctx) }()
+	defer func() { <-watched }()
 	done := make(chan error)
 	go func() { done <- ctrl.Run(ctx, 2) }()
 	if _, err := crs.Create(ctx, request(t, "after"), metav1.CreateOptions{}); err != nil {
@@ -519,6 +482,20 @@ func TestSyncRefusedDecisionIsFinal(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.ctrl.metrics.RefusedCounter(metrics.ResultApproved)); got != 1 {
 		t.Errorf("refused approvals = %v, want 1", got)
+	}
+	// Final until it changes: out of the cache (it costs nothing there),
+	// back when the watch brings a new version.
+	key := cache.ObjectName{Namespace: namespace, Name: "cr"}
+	if _, _, ok := f.ctrl.cache.get(key); ok {
+		t.Error("a refused request stays cached")
+	}
+	changed := request(t, "cr")
+	changed.ResourceVersion = "2"
+	if err := f.ctrl.cache.Update(changed); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := f.ctrl.cache.get(key); !ok {
+		t.Error("a refused request that changed is not decided again")
 	}
 }
 
@@ -885,9 +862,8 @@ func TestSyncModeNotAccepted(t *testing.T) {
 
 func TestNewNeedsWhatNodeBoundNeeds(t *testing.T) {
 	f := newFixture(t, flagIssuer)
-	informer := NewInformerFactory(f.client, spiffe.DefaultDriverName).Certmanager().V1().CertificateRequests()
 	tracker, _ := settings.New(settings.Options{Flags: withIssuer(flagIssuer)})
-	base := Options{Client: f.client, Informer: informer, Settings: tracker, Recorder: f.recorder}
+	base := Options{Client: f.client, ListWatch: NewListWatch(f.client, spiffe.DefaultDriverName), Settings: tracker, Recorder: f.recorder}
 	for name, mutate := range map[string]func(*Options){
 		"no mode":                 func(*Options) {},
 		"node-bound without Pods": func(o *Options) { o.Modes.NodeBound, o.DriverUsername, o.DriverName = true, driverUser, "d" },
@@ -929,5 +905,38 @@ func TestSyncNodeBoundLiveSettingsStillCheckThePod(t *testing.T) {
 			msg := `pod team-a/web-0 spec.nodeName: exp="node-a" got="node-b"`
 			f.expectDecision(cmapi.CertificateRequestConditionDenied, msg, "Warning Denied "+msg)
 		})
+	}
+}
+
+// What a request's author wrote reaches the log and the Event only escaped
+// and bounded, even quoted back in an API error: no line breaks, no
+// terminal escapes, however long. (An issuer name in the approver's own
+// words goes through signer.Guess, tested there.)
+func TestRefusalEchoesEscaped(t *testing.T) {
+	crafted := "spiffe-ca\n\x1b[31mI1203 fake log line" + strings.Repeat("x", 4096)
+	f := newFixture(t, flagIssuer, request(t, "cr"))
+	f.client.PrependReactor("update", "certificaterequests", func(core.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "cert-manager.io", Resource: "certificaterequests"}, "cr",
+			errors.New(`admission webhook "webhook.cert-manager.io" denied the request: issuer `+crafted+` not allowed`))
+	})
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
+	if err := f.ctrl.sync(klog.NewContext(t.Context(), logger), cache.ObjectName{Namespace: namespace, Name: "cr"}); err != nil {
+		t.Fatal(err)
+	}
+	logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
+	event := <-f.recorder.Events
+	if !strings.Contains(event, EventRefused) {
+		t.Fatalf("event %q, want %s", event, EventRefused)
+	}
+	for what, s := range map[string]string{"log": logs, "event": event} {
+		if strings.Contains(s, "\x1b") || strings.Contains(s, "\nI1203") {
+			t.Errorf("%s carries the raw request: %q", what, s)
+		}
+		if len(s) > 3000 {
+			t.Errorf("%s is %d bytes: not bounded", what, len(s))
+		}
+	}
+	if !strings.Contains(logs, `spiffe-ca\\n\\x1b[31mI1203`) && !strings.Contains(logs, `spiffe-ca\n\x1b[31mI1203`) {
+		t.Errorf("log does not carry the escaped name: %s", logs)
 	}
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,14 +40,9 @@ const ApprovedMessage = "approved by svid-csi: every SPIFFE check passed"
 // sync decides one request. It returns nil when there is nothing (more) to
 // do, and an error to retry with backoff.
 func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
-	cr, err := c.lister.CertificateRequests(key.Namespace).Get(key.Name)
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil
-	case err != nil:
-		return fmt.Errorf("get CertificateRequest %s from cache: %w", key, err)
-	case !pending(cr):
-		return nil
+	cr, seen, ok := c.cache.get(key)
+	if !ok {
+		return nil // decided or gone
 	}
 
 	// No issuer yet is most likely configuration that is late (the runtime
@@ -92,6 +88,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 		// for that issuer: an Event and a metric say so, and the log only at
 		// -v=2 (anyone who may create requests can make such a request).
 		c.foreign(ctx, cr, result)
+		c.cache.forget(cr)
 		return nil
 	case apierrors.IsForbidden(err):
 		// cert-manager's webhook (no approve permission on this issuer's
@@ -100,15 +97,15 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {
 		// discovery call. Final for this request until it changes or the
 		// approver restarts.
 		c.refused(ctx, cr, string(condType), result, err)
+		c.cache.forget(cr)
 		return nil
 	case err != nil:
 		return fmt.Errorf("set %s condition on CertificateRequest %s: %w", condType, key, err)
 	}
 
-	latency := now.Sub(cr.CreationTimestamp.Time)
-	if cr.CreationTimestamp.IsZero() {
-		latency = -1
-	}
+	// From when this replica first saw the request, not creationTimestamp
+	// (whole seconds).
+	latency := now.Sub(seen)
 	c.metrics.Decision(result, check, latency)
 	logger := klog.FromContext(ctx)
 	if denial == nil {
@@ -220,17 +217,29 @@ func (c *Controller) evaluatePod(ctx context.Context, cr *cmapi.CertificateReque
 // refused records a decision cert-manager would not let be written: an Event
 // on the request, a metric and a log line, once.
 func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, condType, result string, err error) {
-	reason := err.Error()
-	if len(reason) > maxRefusal {
-		reason = reason[:maxRefusal] + "..."
-	}
-	msg := fmt.Sprintf("cert-manager refused the %s condition, so the request stays undecided: %q. Give the approver "+
+	reason := printable(err)
+	msg := fmt.Sprintf("cert-manager refused the %s condition, so the request stays undecided: \"%s\". Give the approver "+
 		"the approve verb on this issuer's signer: add %s to the resourceNames of ClusterRole svid-csi-approver:signers "+
 		"(config.env's ISSUER_RESOURCE and ISSUER_NAME), or name an issuer that exists; the request is decided again "+
 		"when it changes or the approver restarts", condType, reason, signer.Guess(cr.Namespace, cr.Spec.IssuerRef))
 	c.metrics.Refused(result)
 	c.recorder.Event(cr, corev1.EventTypeWarning, EventRefused, msg)
-	klog.FromContext(ctx).Error(err, "cert-manager refused the decision; not retrying", "certificaterequest", klog.KObj(cr), "condition", condType)
+	// The API's words may quote the request (its issuer name): escaped.
+	klog.FromContext(ctx).Error(nil, "cert-manager refused the decision; not retrying", "certificaterequest", klog.KObj(cr),
+		"condition", condType, "reason", reason)
+}
+
+// printable is an error's text escaped to printable ASCII on one line and
+// cut to maxRefusal bytes: API errors may quote what a request's author
+// wrote (an issuer name with control characters in it), and logs and Events
+// get it only so.
+func printable(err error) string {
+	q := strconv.QuoteToASCII(err.Error())
+	q = q[1 : len(q)-1]
+	if len(q) > maxRefusal {
+		q = q[:maxRefusal] + "..."
+	}
+	return q
 }
 
 // byWebhook reports whether cert-manager's admission webhook, not RBAC on

@@ -44,7 +44,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"result", "check"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "svid_csi_approver_decision_latency_seconds",
-			Help:    "Time from a CertificateRequest's creation to the approver's decision being written.",
+			Help:    "Time from when this replica first saw a CertificateRequest (its watch event; its list, for one made before the replica started) to its decision being written.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14), // 5ms .. ~41s
 		}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -84,8 +84,9 @@ func (m *Metrics) Refused(result string) {
 	m.refused.WithLabelValues(result).Inc()
 }
 
-// Decision records one decision and its latency since the request was created.
-func (m *Metrics) Decision(result, check string, sinceCreation time.Duration) {
+// Decision records one decision and its latency since the request was
+// first seen; a negative latency is not observed.
+func (m *Metrics) Decision(result, check string, sinceSeen time.Duration) {
 	if m == nil {
 		return
 	}
@@ -93,8 +94,8 @@ func (m *Metrics) Decision(result, check string, sinceCreation time.Duration) {
 		check = CheckNone
 	}
 	m.decisions.WithLabelValues(result, check).Inc()
-	if sinceCreation >= 0 {
-		m.latency.Observe(sinceCreation.Seconds())
+	if sinceSeen >= 0 {
+		m.latency.Observe(sinceSeen.Seconds())
 	}
 }
 

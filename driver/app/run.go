@@ -33,6 +33,7 @@ import (
 func Run(ctx context.Context, cfg Completed) error {
 	startedAt := time.Now()
 	logger := klog.FromContext(ctx)
+	run.LimitMemory(logger)
 
 	// Clients: the driver's own, and one that acts as each pod.
 	restCfg, err := cfg.RESTConfig("svid-csi-driver/" + cfg.Version)

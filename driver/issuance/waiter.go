@@ -8,10 +8,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/svid-csi/svid-csi/internal/spiffe"
@@ -44,21 +41,9 @@ func NewWaiter(client cmclient.Interface, driverName, nodeName string) (*Waiter,
 		spiffe.DriverLabel: driverName,
 		spiffe.NodeLabel:   spiffe.NodeLabelValue(nodeName),
 	}.AsSelector().String()
-	crs := client.CertmanagerV1().CertificateRequests(metav1.NamespaceAll)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = selector
-			return crs.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = selector
-			return crs.Watch(ctx, o)
-		},
-	}
 	w := &Waiter{
 		informer: cache.NewSharedIndexInformerWithOptions(
-			// The client tells the reflector whether it can stream the initial list.
-			cache.ToListWatcherWithWatchListSemantics(lw, client), &cmapi.CertificateRequest{}, cache.SharedIndexInformerOptions{}),
+			spiffe.RequestListWatch(client, selector, nil), &cmapi.CertificateRequest{}, cache.SharedIndexInformerOptions{}),
 		waiters: map[string]*waiter{},
 	}
 	if err := w.informer.SetTransform(strip); err != nil {

@@ -53,8 +53,16 @@ var Usages = []cmapi.KeyUsage{
 	cmapi.UsageServerAuth,
 }
 
+// MaxTrustDomainLength bounds a trust domain name (the SPIFFE spec's
+// limit): with a namespace and a ServiceAccount name, a SPIFFE ID is then
+// under 600 bytes, well within the 2048 the spec allows.
+const MaxTrustDomainLength = 255
+
 // ParseTrustDomain validates a trust domain name such as "cluster.local".
 func ParseTrustDomain(name string) (spiffeid.TrustDomain, error) {
+	if len(name) > MaxTrustDomainLength {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: longer than %d bytes", name, MaxTrustDomainLength)
+	}
 	td, err := spiffeid.TrustDomainFromString(name)
 	if err != nil {
 		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", name, err)

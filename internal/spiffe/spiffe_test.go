@@ -41,6 +41,7 @@ func TestParseTrustDomainRejects(t *testing.T) {
 		"x:8080",
 		"cluster local",
 		"https://cluster.local",
+		strings.Repeat("a", MaxTrustDomainLength+1),
 	} {
 		td, err := ParseTrustDomain(name)
 		if err == nil {

@@ -3,7 +3,9 @@
 package approver
 
 import (
+	"bytes"
 	"context"
+	"maps"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,6 +42,14 @@ func TestApproveThenIssue(t *testing.T) {
 	}
 	if _, err := bed.VerifySVID(issued.Status.Certificate, tn.id()); err != nil {
 		t.Fatalf("issued certificate: %v", err)
+	}
+	// The approver decides on a trimmed copy of the request (no labels,
+	// only the annotations it reads) and writes the status from it: the
+	// status write changes nothing else.
+	if !maps.Equal(issued.Labels, cr.Labels) || !maps.Equal(issued.Annotations, cr.Annotations) ||
+		!bytes.Equal(issued.Spec.Request, cr.Spec.Request) || len(issued.OwnerReferences) != 1 {
+		t.Errorf("the decision changed the request: labels %v annotations %v owners %v, created with %v %v %v",
+			issued.Labels, issued.Annotations, issued.OwnerReferences, cr.Labels, cr.Annotations, cr.OwnerReferences)
 	}
 	// The decision is recorded as an Event on the request.
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {

@@ -180,7 +180,7 @@ func BenchmarkMemoryForeign(b *testing.B) {
 	b.ReportMetric(float64(after)/1024, "rss-after-10k-foreign-MiB")
 }
 
-func usage(b *testing.B, p *testbed.Process) testbed.Usage {
+func usage(b testing.TB, p *testbed.Process) testbed.Usage {
 	u, err := p.Usage()
 	if err != nil {
 		b.Fatal(err)
