@@ -3,6 +3,7 @@ package checks
 import (
 	"bytes"
 	"slices"
+	"strconv"
 	"strings"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -99,6 +100,20 @@ func Trim(cr *cmapi.CertificateRequest) *cmapi.CertificateRequest {
 		}
 	}
 	return out
+}
+
+// Printable is a value from a request (or an error quoting one) for a
+// message or a log line: cut to max bytes ("..." marks the cut) and escaped
+// to printable ASCII, without surrounding quotes, so that no line break or
+// terminal escape its author wrote reaches a log.
+func Printable(s string, max int) string {
+	c := cut(s, max)
+	q := strconv.QuoteToASCII(c)
+	q = q[1 : len(q)-1]
+	if len(c) < len(s) {
+		q += "..."
+	}
+	return q
 }
 
 // cut returns s cut to n bytes, copied when cut: a prefix would keep the

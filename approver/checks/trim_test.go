@@ -120,3 +120,16 @@ func trimmedSize(cr *cmapi.CertificateRequest) int {
 	}
 	return n
 }
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"spiffe-ca":                  "spiffe-ca",
+		"a\nb\x1b[1m\"":              `a\nb\x1b[1m\"`,
+		strings.Repeat("x", 12):      "xxxxxxxxxx...",
+		"é" + strings.Repeat("x", 9): `\u00e9xxxxxxxx...`,
+	} {
+		if got := Printable(in, 10); got != want {
+			t.Errorf("Printable(%q, 10) = %q, want %q", in, got, want)
+		}
+	}
+}

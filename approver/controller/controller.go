@@ -90,10 +90,9 @@ type workQueue struct {
 func NewListWatch(client cmclient.Interface, driverName string) cache.ListerWatcher {
 	return spiffe.RequestListWatch(client, labels.Set{spiffe.DriverLabel: driverName}.String(),
 		func(cr *cmapi.CertificateRequest) (*cmapi.CertificateRequest, bool) {
-			if !pending(cr) {
-				return nil, false
-			}
-			return checks.Trim(cr), true
+			kept, _ := transform(cr) // what the cache keeps: a pending request, trimmed
+			tr, ok := kept.(*cmapi.CertificateRequest)
+			return tr, ok
 		})
 }
 

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -229,18 +228,10 @@ func (c *Controller) refused(ctx context.Context, cr *cmapi.CertificateRequest, 
 		"condition", condType, "reason", reason)
 }
 
-// printable is an error's text escaped to printable ASCII on one line and
-// cut to maxRefusal bytes: API errors may quote what a request's author
-// wrote (an issuer name with control characters in it), and logs and Events
-// get it only so.
-func printable(err error) string {
-	q := strconv.QuoteToASCII(err.Error())
-	q = q[1 : len(q)-1]
-	if len(q) > maxRefusal {
-		q = q[:maxRefusal] + "..."
-	}
-	return q
-}
+// printable is an error's text escaped and cut (checks.Printable): API
+// errors may quote what a request's author wrote (an issuer name with
+// control characters in it), and logs and Events get it only so.
+func printable(err error) string { return checks.Printable(err.Error(), maxRefusal) }
 
 // byWebhook reports whether cert-manager's admission webhook, not RBAC on
 // the status subresource, refused the write.

@@ -11,7 +11,6 @@ package signer
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -206,13 +205,5 @@ func Guess(namespace string, ref cmmeta.IssuerReference) string {
 }
 
 // quoteBounded keeps a value from a request printable and bounded in a
-// message (253 bytes, the longest object name): what is not printable
-// ASCII is escaped.
-func quoteBounded(s string) string {
-	const max = 253
-	if len(s) > max {
-		s = s[:max]
-	}
-	q := strconv.QuoteToASCII(s)
-	return q[1 : len(q)-1]
-}
+// message (253 bytes, the longest object name).
+func quoteBounded(s string) string { return checks.Printable(s, 253) }
