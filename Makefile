@@ -24,9 +24,9 @@ all: bin
 ## test: everything CI runs (checks, unit tests, integration tests on the test bed)
 test: verify test-unit test-integration
 
-## test-unit: the fast tests, no control plane
+## test-unit: the fast tests, no control plane, under the race detector (cgo: gcc)
 test-unit:
-	$(GO) test -count=1 ./...
+	CGO_ENABLED=1 $(GO) test -count=1 -race ./...
 
 ## test-integration: the real control plane, the real node and our binaries (as root)
 test-integration: deps bin

@@ -42,7 +42,7 @@ func main() {
 	flag.Float64Var(&cfg.KubeAPIQPS, "kube-api-qps", cfg.KubeAPIQPS, "client-side QPS limit towards the API server")
 	flag.IntVar(&cfg.KubeAPIBurst, "kube-api-burst", cfg.KubeAPIBurst, "client-side burst towards the API server")
 	flag.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "address of /metrics (empty: off)")
-	flag.StringVar(&cfg.HealthAddress, "health-address", cfg.HealthAddress, "address of /healthz, which probes the CSI socket (empty: off)")
+	flag.StringVar(&cfg.HealthAddress, "health-address", cfg.HealthAddress, "address of /healthz (liveness: the CSI socket answers) and /readyz (readiness: the driver can publish) (empty: off)")
 	flag.StringVar(&cfg.RequestMode, "request-mode", cfg.RequestMode, "who creates each CertificateRequest: node-bound (the driver, with its own pod-bound token, naming the pod; workloads need no RBAC) or pod-token (the driver, with the pod's own token, as csi-driver-spiffe)")
 	flag.IntVar(&cfg.MaxConcurrentIssuances, "max-concurrent-issuances", cfg.MaxConcurrentIssuances, "CertificateRequest creates in flight at once on this node (waits for approval and issuance hold none; a first publish goes before renewals)")
 	showVersion := flag.Bool("version", false, "print the version and exit")

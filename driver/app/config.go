@@ -62,6 +62,9 @@ type Completed struct {
 	Socket string
 	// NodeBound is --request-mode=node-bound.
 	NodeBound bool
+	// PodsDir is the kubelet's pods directory, under which every target
+	// path must be.
+	PodsDir string
 }
 
 // Complete validates the Config, naming the first bad flag, and parses it.
@@ -105,7 +108,8 @@ func (c *Config) Complete() (Completed, error) {
 			return Completed{}, config.Bad("endpoint", "%v", err)
 		}
 	}
-	return Completed{Config: *c, Parsed: parsed, Socket: sock, NodeBound: c.RequestMode == spiffe.ModeNodeBound}, nil
+	return Completed{Config: *c, Parsed: parsed, Socket: sock, NodeBound: c.RequestMode == spiffe.ModeNodeBound,
+		PodsDir: filepath.Join(c.KubeletRootDir, "pods")}, nil
 }
 
 func badFileName(n string) bool {

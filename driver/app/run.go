@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 	m := metrics.New()
 	volumes, err := manager.New(manager.Options{
-		Issuer: client, Mounter: mount.New(), Store: store,
+		Issuer: client, Mounter: mount.New(cfg.PodsDir), Store: store,
 		Files:    manager.FileNames{Certificate: cfg.FileNameCertificate, Key: cfg.FileNameKey, CA: cfg.FileNameCA},
 		CABundle: ca.PEM,
 		Checks: []manager.Check{
@@ -115,20 +115,20 @@ func Run(ctx context.Context, cfg Completed) error {
 	}
 
 	// CSI, announced to the kubelet.
-	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, Volumes: volumes, NodeBound: cfg.NodeBound})
+	driver, err := csi.New(csi.Options{Name: cfg.DriverName, Version: cfg.Version, NodeID: cfg.NodeID, PodsDir: cfg.PodsDir,
+		Volumes: volumes, NodeBound: cfg.NodeBound})
 	if err != nil {
 		return err
 	}
 	reg := registration.New(cfg.DriverName, cfg.Socket)
 
-	// Servers: health (a Probe on the CSI socket, as the kubelet would) and metrics.
+	// Servers: health (Probes on the CSI socket, as the kubelet would) and metrics.
 	conn, err := grpc.NewClient("unix://"+cfg.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("connect to own CSI socket: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-	health := http.NewServeMux()
-	health.HandleFunc("/healthz", probeHandler(csipb.NewIdentityClient(conn)))
+	health := healthHandler(csipb.NewIdentityClient(conn), volumes.Ready)
 	serveHealth, err := run.HTTP(ctx, "health", cfg.HealthAddress, health)
 	if err != nil {
 		return err
@@ -194,21 +194,4 @@ func podClient(driver *rest.Config) (cmclient.Interface, error) {
 		return nil, fmt.Errorf("pod cert-manager client: %w", err)
 	}
 	return c, nil
-}
-
-// probeHandler answers /healthz by calling Probe on the driver's own socket.
-func probeHandler(client csipb.IdentityClient) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		resp, err := client.Probe(ctx, &csipb.ProbeRequest{})
-		switch {
-		case err != nil:
-			http.Error(w, "CSI Probe failed: "+err.Error(), http.StatusServiceUnavailable)
-		case !resp.GetReady().GetValue():
-			http.Error(w, "CSI driver not ready", http.StatusServiceUnavailable)
-		default:
-			_, _ = w.Write([]byte("ok\n"))
-		}
-	}
 }

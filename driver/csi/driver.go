@@ -26,6 +26,8 @@ type Options struct {
 	Name    string
 	Version string
 	NodeID  string
+	// PodsDir is the kubelet's pods directory: every target path is under it.
+	PodsDir string
 	Volumes *manager.Manager
 	// NodeBound: requests are made with the driver's own credentials, so
 	// NodePublishVolume needs no pod token (DESIGN 4b).
@@ -48,8 +50,8 @@ var (
 // New returns a Driver.
 func New(opts Options) (*Driver, error) {
 	switch {
-	case opts.Name == "" || opts.NodeID == "":
-		return nil, errors.New("CSI driver: a driver name and a node ID are required")
+	case opts.Name == "" || opts.NodeID == "" || opts.PodsDir == "":
+		return nil, errors.New("CSI driver: a driver name, a node ID and the kubelet's pods directory are required")
 	case opts.Volumes == nil:
 		return nil, errors.New("CSI driver: a volume manager is required")
 	}

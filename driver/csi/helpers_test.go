@@ -3,6 +3,9 @@ package csi
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -34,7 +37,7 @@ type testOption func(*manager.Options)
 
 // startDriver serves a Driver over a real volume manager, with a fake issuer
 // and mounter, on a temporary unix socket and returns clients for it.
-func startDriver(t *testing.T, logger klog.Logger, opts ...testOption) *testDriver {
+func startDriver(t testing.TB, logger klog.Logger, opts ...testOption) *testDriver {
 	t.Helper()
 	f := managertest.NewFakes(t)
 	dir, store, fi, cm := f.Dir, f.Store, f.Issuer, f.Mounter
@@ -50,7 +53,8 @@ func startDriver(t *testing.T, logger klog.Logger, opts ...testOption) *testDriv
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Options{Name: "spiffe.csi.cert-manager.io", Version: "test", NodeID: "node-1", Volumes: volumes, NodeBound: o.NodeBound})
+	d, err := New(Options{Name: "spiffe.csi.cert-manager.io", Version: "test", NodeID: "node-1", PodsDir: filepath.Join(dir, "pods"),
+		Volumes: volumes, NodeBound: o.NodeBound})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,5 +110,25 @@ func (td *testDriver) publishRequest(volID, token string) *csi.NodePublishVolume
 			keyEphemeral:      "true",
 			keyTokens:         tokensJSON(token),
 		},
+	}
+}
+
+// assertNothingWritten checks a refused publish left nothing: no directory
+// at the target, nothing mounted, no state, no volume managed.
+func assertNothingWritten(t *testing.T, td *testDriver, target string) {
+	t.Helper()
+	if target != "" {
+		if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("a refused publish left %q: %v", target, err)
+		}
+		if mounted, _ := td.mounter.IsMounted(target); mounted {
+			t.Errorf("a refused publish left %q mounted", target)
+		}
+	}
+	if metas, err := td.store.List(); err != nil || len(metas) != 0 {
+		t.Errorf("a refused publish left state: %v, %v", metas, err)
+	}
+	if n := td.volumes.Len(); n != 0 {
+		t.Errorf("a refused publish left %d volumes managed", n)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/driver/mount"
 )
 
 // NodeGetInfo implements csi.NodeServer.
@@ -34,7 +35,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 // issued and written; a published one (the kubelet republishes about every
 // 10 s) only has its token refreshed.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	p, err := validatePublish(req, !d.opts.NodeBound)
+	p, err := validatePublish(req, d.opts.PodsDir, !d.opts.NodeBound)
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +55,8 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, invalid("volume_id is missing")
 	case target == "":
 		return nil, invalid("target_path is missing")
+	case mount.CheckTarget(d.opts.PodsDir, target) != nil:
+		return nil, invalid("target_path: %v", mount.CheckTarget(d.opts.PodsDir, target))
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, id, logkey.Target, target)
 	if err := d.opts.Volumes.Unpublish(klog.NewContext(ctx, logger), id, target); err != nil {

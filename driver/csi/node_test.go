@@ -42,6 +42,12 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 	}{
 		{"no volume id", func(r *csi.NodePublishVolumeRequest) { r.VolumeId = "" }, codes.InvalidArgument, "volume_id is missing"},
 		{"no target path", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = "" }, codes.InvalidArgument, "target_path is missing"},
+		{"target outside the pods dir", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = filepath.Join(td.dir, "etc", "mount") }, codes.InvalidArgument,
+			`target_path: "` + filepath.Join(td.dir, "etc", "mount") + `" is not under the kubelet's pods directory`},
+		{"target with dot-dot", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = filepath.Join(td.dir, "pods") + "/x/../../etc" }, codes.InvalidArgument,
+			`target_path: "` + filepath.Join(td.dir, "pods") + `/x/../../etc" is not a clean absolute path`},
+		{"relative target", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = "pods/vol-bad/mount" }, codes.InvalidArgument,
+			`target_path: "pods/vol-bad/mount" is not a clean absolute path`},
 		{"no capability", func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability = nil }, codes.InvalidArgument, "volume_capability is missing"},
 		{"block", func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
@@ -90,8 +96,11 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 			if st.Code() != tc.wantCode || !strings.HasPrefix(st.Message(), tc.wantPrefix) {
 				t.Fatalf("got %s %q, want %s %q...", st.Code(), st.Message(), tc.wantCode, tc.wantPrefix)
 			}
-			if tc.wantCode == codes.InvalidArgument && len(td.issuer.Calls()) != 0 {
-				t.Errorf("an invalid request reached the issuer")
+			if tc.wantCode == codes.InvalidArgument {
+				if len(td.issuer.Calls()) != 0 {
+					t.Errorf("an invalid request reached the issuer")
+				}
+				assertNothingWritten(t, td, req.GetTargetPath())
 			}
 			if td.volumes.Published("vol-bad", "") == nil {
 				t.Errorf("a failed publish left the volume managed")
@@ -174,13 +183,25 @@ func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
 
 func TestUnpublishUnknownVolumeSucceeds(t *testing.T) {
 	td := startDriver(t, testLogger(t))
-	_, err := td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope", TargetPath: filepath.Join(td.dir, "nope")})
+	_, err := td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope", TargetPath: filepath.Join(td.dir, "pods", "nope")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope"})
 	if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != "target_path is missing" {
 		t.Fatalf("got %v", err)
+	}
+	// Nothing outside the kubelet's pods directory is ever removed.
+	outside := filepath.Join(td.dir, "precious")
+	if err := os.MkdirAll(outside, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	_, err = td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope", TargetPath: outside})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "target_path: ") {
+		t.Fatalf("unpublish outside the pods dir = %v, want InvalidArgument naming target_path", err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("unpublish removed a directory outside the pods dir: %v", err)
 	}
 }
 

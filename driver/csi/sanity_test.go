@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"os"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -28,7 +29,11 @@ func TestSanity(t *testing.T) {
 	td := startDriver(t, testLogger(t))
 	cfg := sanity.NewTestConfig()
 	cfg.Address = "unix://" + filepath.Join(td.dir, "csi.sock")
-	cfg.TargetPath = filepath.Join(td.dir, "sanity-target")
+	// Under the kubelet's pods directory, as every target path must be.
+	if err := os.MkdirAll(filepath.Join(td.dir, "pods"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cfg.TargetPath = filepath.Join(td.dir, "pods", "sanity-target")
 	cfg.StagingPath = filepath.Join(td.dir, "sanity-staging")
 	cfg.IdempotentCount = 0
 	// What the kubelet sends to an ephemeral volume, for specs that use

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svid-csi/svid-csi/driver/manager"
+	"github.com/svid-csi/svid-csi/driver/mount"
 	"github.com/svid-csi/svid-csi/driver/volume"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 )
@@ -55,7 +56,7 @@ func missing(key string) error { return invalid("volume_context[%q] is missing",
 // validatePublish checks everything in a NodePublishVolumeRequest before
 // anything is done, and names the first bad field. Without needToken (node-
 // bound mode) a token the kubelet sends is not even read.
-func validatePublish(req *csi.NodePublishVolumeRequest, needToken bool) (*publishParams, error) {
+func validatePublish(req *csi.NodePublishVolumeRequest, podsDir string, needToken bool) (*publishParams, error) {
 	vc := req.GetVolumeContext()
 	vcap := req.GetVolumeCapability()
 	p := &publishParams{meta: volume.Meta{
@@ -74,6 +75,8 @@ func validatePublish(req *csi.NodePublishVolumeRequest, needToken bool) (*publis
 		return nil, invalid("volume_id is missing")
 	case m.TargetPath == "":
 		return nil, invalid("target_path is missing")
+	case mount.CheckTarget(podsDir, m.TargetPath) != nil:
+		return nil, invalid("target_path: %v", mount.CheckTarget(podsDir, m.TargetPath))
 	case vcap == nil:
 		return nil, invalid("volume_capability is missing")
 	case vcap.GetBlock() != nil:

@@ -97,6 +97,9 @@ func (m *Manager) refreshCA(ctx context.Context, v *vol) (bool, error) {
 	if ca == nil || bytes.Equal(ca, v.caBundle()) {
 		return false, nil
 	}
+	if err := m.onTmpfs(v); err != nil {
+		return false, err
+	}
 	err := volume.UpdateFiles(v.meta.TargetPath, []string{m.opts.Files.Certificate, m.opts.Files.Key},
 		map[string][]byte{m.opts.Files.CA: ca}, v.meta.FSGroup)
 	m.opts.Metrics.CABundleWritten(err == nil)

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -260,28 +259,37 @@ func TestHealth(t *testing.T) {
 	}
 }
 
+// After a restart the volumes still mounted are managed again and those
+// whose target vanished are forgotten; a recovered volume costs nothing
+// until its renewal falls due, and then renews with the token of its next
+// republish, while a recovered volume that got no token is left waiting.
 func TestRecoverAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	mounter := mount.NewFake()
+	mounter := mount.NewFake(filepath.Join(dir, "pods"))
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	fc := clocktesting.NewFakeClock(t0)
 	newManager := func(fi *managertest.Issuer) *Manager {
 		store, err := volume.NewStore(filepath.Join(dir, "data"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := New(Options{Issuer: fi, Mounter: mounter, Store: store, Files: FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}})
+		fi.Clock = fc
+		m, err := New(Options{Issuer: fi, Mounter: mounter, Store: store, Clock: fc, Jitter: func() float64 { return 0.5 },
+			Files: FileNames{Certificate: "tls.crt", Key: "tls.key", CA: "ca.crt"}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return m
 	}
-	ctx := klog.NewContext(context.Background(), ktesting.NewLogger(t, ktesting.NewConfig()))
+	fakeToken := func(value string) Token { return Token{Value: value, Expiry: fc.Now().Add(time.Hour)} }
+	_, ctx := ktesting.NewTestContext(t)
 	m1 := newManager(managertest.NewIssuer())
 	if err := m1.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
-	md1, md2 := meta(dir, "vol-1"), meta(dir, "vol-2")
-	for _, md := range []volume.Meta{md1, md2} {
-		if err := m1.Publish(ctx, md, token("tok")); err != nil {
+	md1, md2, md3 := meta(dir, "vol-1"), meta(dir, "vol-2"), meta(dir, "vol-3")
+	for _, md := range []volume.Meta{md1, md2, md3} {
+		if err := m1.Publish(ctx, md, fakeToken("tok")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -289,6 +297,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if err := mounter.Cleanup(md2.TargetPath); err != nil {
 		t.Fatal(err)
 	}
+	fc.Step(10 * time.Minute)
 
 	fi2 := managertest.NewIssuer()
 	m2 := newManager(fi2)
@@ -301,55 +310,127 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if err := m2.Ready(); err != nil {
 		t.Fatalf("not ready after recovery: %v", err)
 	}
-	v := m2.lookup("vol-1")
-	if v == nil || m2.lookup("vol-2") != nil {
-		t.Fatalf("recovered vol-1=%v vol-2=%v; want only vol-1", v != nil, m2.lookup("vol-2") != nil)
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { m2.Run(rctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	v, v3 := m2.lookup("vol-1"), m2.lookup("vol-3")
+	if v == nil || v3 == nil || m2.lookup("vol-2") != nil {
+		t.Fatalf("recovered vol-1=%v vol-2=%v vol-3=%v; want vol-1 and vol-3", v != nil, m2.lookup("vol-2") != nil, v3 != nil)
 	}
-	cert, _ := managertest.ReadPair(t, md1.TargetPath)
-	if _, na := v.validity(); !na.Equal(cert.NotAfter) {
-		t.Errorf("recovered NotAfter %v, want %v", na, cert.NotAfter)
+	oldCert, _ := managertest.ReadPair(t, md1.TargetPath)
+	oldCert3, _ := managertest.ReadPair(t, md3.TargetPath)
+	if _, na := v.validity(); !na.Equal(oldCert.NotAfter) {
+		t.Errorf("recovered NotAfter %v, want %v", na, oldCert.NotAfter)
 	}
-	latest := renew.RenewAt(cert.NotBefore, cert.NotAfter, 0)
-	if due, ok := m2.sched.Due("vol-1"); !ok || due.After(latest) || due.Before(renew.RenewAt(cert.NotBefore, cert.NotAfter, 1)) {
-		t.Errorf("recovered volume not scheduled right: %v %v", due, ok)
-	}
-	if metas, _ := m2.opts.Store.List(); len(metas) != 1 {
+	wantDue := renew.RenewAt(oldCert.NotBefore, oldCert.NotAfter, 0.5)
+	if metas, _ := m2.opts.Store.List(); len(metas) != 2 {
 		t.Errorf("state of the vanished volume not cleaned up: %+v", metas)
 	}
-	// The next republish brings a token and costs nothing.
-	if err := m2.Publish(ctx, md1, token("fresh")); err != nil {
+
+	// The next republish brings a token and costs nothing: the renewal stays
+	// where the certificate puts it, in the future.
+	if err := m2.Publish(ctx, md1, fakeToken("fresh")); err != nil {
 		t.Fatal(err)
 	}
-	if len(fi2.Calls()) != 0 {
-		t.Error("republish after restart issued a certificate")
+	eventually(t, "the scheduler's timer", fc.HasWaiters)
+	for _, id := range []string{"vol-1", "vol-3"} {
+		if due, ok := m2.sched.Due(id); !ok || !due.Equal(wantDue) || !due.After(fc.Now()) {
+			t.Fatalf("%s: renewal due %v (scheduled %v) at %v, want %v", id, due, ok, fc.Now(), wantDue)
+		}
 	}
-	if tok, ok := v.freshToken(time.Now()); !ok || tok.Value != "fresh" {
+	if calls := fi2.Calls(); len(calls) != 0 {
+		t.Fatalf("republish after restart issued a certificate: %+v", calls)
+	}
+	if tok, ok := v.freshToken(fc.Now()); !ok || tok.Value != "fresh" {
 		t.Errorf("token after republish = %q", tok.Value)
+	}
+
+	// The renewal falls due: vol-1 renews with the fresh token; vol-3, never
+	// republished, waits for one.
+	fc.SetTime(wantDue)
+	eventually(t, "the renewal of vol-1", func() bool {
+		_, na := v.validity()
+		return na.After(oldCert.NotAfter)
+	})
+	eventually(t, "vol-3 to wait for a token", func() bool {
+		v3.mu.Lock()
+		defer v3.mu.Unlock()
+		return v3.awaitingToken
+	})
+	eventually(t, "the scheduler's timer", fc.HasWaiters)
+	calls := fi2.Calls()
+	if len(calls) != 1 || !calls[0].Renewal || calls[0].VolumeID != "vol-1" || calls[0].Token != "fresh" {
+		t.Fatalf("calls = %+v, want one renewal of vol-1 with the fresh token", calls)
+	}
+	newCert, newKey := managertest.ReadPair(t, md1.TargetPath)
+	if newCert.SerialNumber.Cmp(oldCert.SerialNumber) == 0 || !managertest.Matches(newKey, newCert) {
+		t.Fatal("vol-1's files not rotated to a matching new pair")
+	}
+	if c, _ := managertest.ReadPair(t, md3.TargetPath); c.SerialNumber.Cmp(oldCert3.SerialNumber) != 0 {
+		t.Error("vol-3 was renewed without a token")
 	}
 }
 
-// Republish, health reads and renewals of one volume run at once without a
-// data race (run with -race): the volume's metadata never changes once added.
+// Republishes, health and published checks at the volume's own target path,
+// and renewals of one volume all run at once without a data race (run with
+// -race): the volume's metadata never changes once added, and what a renewal
+// changes is read under the volume's lock.
 func TestRenewDuringRepublishNoRace(t *testing.T) {
 	tm := start(t)
 	md := tm.meta("vol-1")
 	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
 		t.Fatal(err)
 	}
+	var stop atomic.Bool
+	var republishes, checks atomic.Int64
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		for range 50 {
+		for !stop.Load() {
 			if err := tm.m.Publish(tm.ctx, md, token("tok-2")); err != nil {
 				t.Error(err)
+				return
 			}
-			_, _ = tm.m.Health("vol-1", "")
-			_ = tm.m.EarliestExpiry()
+			republishes.Add(1)
 		}
 	})
-	for range 20 {
-		tm.m.renew(tm.ctx, "vol-1")
+	wg.Go(func() {
+		for !stop.Load() {
+			if h, err := tm.m.Health("vol-1", md.TargetPath); err != nil || len(h) != 0 {
+				t.Errorf("health at %s during renewals = %+v, %v; want healthy", md.TargetPath, h, err)
+				return
+			}
+			if err := tm.m.Published("vol-1", md.TargetPath); err != nil {
+				t.Errorf("published during renewals: %v", err)
+				return
+			}
+			_ = tm.m.EarliestExpiry()
+			checks.Add(1)
+		}
+	})
+	// The renewals start once both loops run, and end before they stop.
+	eventually(t, "republishes and checks", func() bool { return republishes.Load() > 0 && checks.Load() > 0 })
+	r0, c0 := republishes.Load(), checks.Load()
+	var renewals sync.WaitGroup
+	for range 4 {
+		renewals.Go(func() {
+			for range 5 {
+				tm.m.renew(tm.ctx, "vol-1")
+			}
+		})
 	}
+	renewals.Wait()
+	r1, c1 := republishes.Load(), checks.Load()
+	stop.Store(true)
 	wg.Wait()
+	if n := len(tm.issuer.Calls()); n != 21 {
+		t.Errorf("%d issuances, want the publish and 20 renewals", n)
+	}
+	if r1 == r0 || c1 == c0 {
+		t.Fatalf("no overlap: %d republishes and %d checks during the renewals", r1-r0, c1-c0)
+	}
+	t.Logf("%d republishes and %d checks during 20 renewals", r1-r0, c1-c0)
 }
 
 // A live volume whose state was lost is published again; when that publish
@@ -595,7 +676,7 @@ func TestNodeBoundRenewsWithoutToken(t *testing.T) {
 // settings read): the scheduler runs, and the renewal waits for the checks.
 func TestRecoveredRenewalWaitsUntilReady(t *testing.T) {
 	dir := t.TempDir()
-	mounter := mount.NewFake()
+	mounter := mount.NewFake(filepath.Join(dir, "pods"))
 	t0 := time.Now()
 	fc := clocktesting.NewFakeClock(t0)
 	var ready atomic.Bool

@@ -63,10 +63,17 @@ func (m *Manager) publish(ctx context.Context, meta volume.Meta, tok Token) (err
 	if err != nil {
 		return failure.New(failure.Local, "%w", err)
 	}
+	if !created && !volume.Written(meta.TargetPath) {
+		// A tmpfs with no state and no files is what a publish killed
+		// before it wrote left behind: this one owns it, and undoes it if it
+		// fails, or it would stay mounted until the node reboots.
+		logger.Info("Taking over the empty tmpfs a failed publish left at the target")
+		created = true
+	}
 	success := false
 	defer func() {
-		// A mount this call did not make (a live volume whose state was lost)
-		// is never undone: the pod may be reading its files.
+		// A mount with files that this call did not make (a live volume
+		// whose state was lost) is never undone: a pod may be reading them.
 		if success || !created {
 			return
 		}
@@ -100,7 +107,13 @@ func (m *Manager) publish(ctx context.Context, meta volume.Meta, tok Token) (err
 // volume. It records exactly one outcome in the metrics.
 func (m *Manager) issueAndWrite(ctx context.Context, trigger string, v *vol) (*issuance.Result, error) {
 	start := m.opts.Clock.Now()
-	res, err := m.issue(ctx, v, trigger == "renew")
+	// Checked before an issuance is spent on a target that is gone, and
+	// again just before the write.
+	err := m.onTmpfs(v)
+	var res *issuance.Result
+	if err == nil {
+		res, err = m.issue(ctx, v, trigger == "renew")
+	}
 	if err == nil {
 		if werr := m.write(v, res); werr != nil {
 			err = failure.New(failure.Local, "write certificate into volume %s: %w", v.meta.VolumeID, werr)
@@ -130,9 +143,12 @@ func (m *Manager) issue(ctx context.Context, v *vol, renewal bool) (*issuance.Re
 	})
 }
 
-// write replaces the volume's files as one set, with the current CA bundle.
-// Called with the volume's lock held.
+// write replaces the volume's files as one set, with the current CA bundle,
+// only into the volume's tmpfs. Called with the volume's lock held.
 func (m *Manager) write(v *vol, res *issuance.Result) error {
+	if err := m.onTmpfs(v); err != nil {
+		return err
+	}
 	files := map[string][]byte{
 		m.opts.Files.Certificate: res.ChainPEM,
 		m.opts.Files.Key:         res.KeyPEM,
@@ -145,6 +161,20 @@ func (m *Manager) write(v *vol, res *issuance.Result) error {
 		return err
 	}
 	v.setCABundle(ca)
+	return nil
+}
+
+// onTmpfs is nil when the volume's target is still its tmpfs. After a lazy
+// unmount (umount -l) the target is a directory on the node's disk again: a
+// key written there would stay on the disk.
+func (m *Manager) onTmpfs(v *vol) error {
+	ok, err := m.opts.Mounter.IsTmpfs(v.meta.TargetPath)
+	if err != nil {
+		return failure.New(failure.Local, "%w", err)
+	}
+	if !ok {
+		return failure.New(failure.Local, "%s is no longer a tmpfs mount point: nothing is written there", v.meta.TargetPath)
+	}
 	return nil
 }
 
@@ -164,8 +194,7 @@ func (m *Manager) caBundle() []byte {
 // unknown volume succeeds.
 func (m *Manager) Unpublish(ctx context.Context, id, target string) error {
 	logger := klog.FromContext(ctx)
-	v := m.lookup(id)
-	if v != nil {
+	if v := m.lookup(id); v != nil && v.meta.TargetPath == target {
 		v.close()
 	}
 	lctx, cancel := context.WithTimeout(ctx, unpublishLockWait)
@@ -175,8 +204,15 @@ func (m *Manager) Unpublish(ctx context.Context, id, target string) error {
 		return failure.New(failure.Busy, "an operation on volume %s is already in progress", id)
 	}
 	defer unlock()
+	v := m.lookup(id)
 	if v != nil && v.meta.TargetPath != target {
-		logger.Info("Unpublishing at a target path other than the published one", "publishedAt", v.meta.TargetPath)
+		// Only what is at target goes: the volume stays published, tracked
+		// and renewed where it is, until the kubelet unpublishes it there.
+		if err := m.opts.Mounter.Cleanup(target); err != nil {
+			return failure.New(failure.Local, "clean up %s: %w", target, err)
+		}
+		logger.Info("Unpublished a target path the volume is not published at; it stays published at its own", "publishedAt", v.meta.TargetPath)
+		return nil
 	}
 	m.sched.Cancel(id)
 	m.remove(id)

@@ -1,5 +1,6 @@
 // Package mount puts a size-limited tmpfs at a volume's target path and takes
-// it away again. The real implementation calls mount(2) and umount(2) through
+// it away again, never outside the kubelet's pods directory. The real
+// implementation calls mount(2), umount(2) and statfs(2) through
 // golang.org/x/sys/unix (the image has no mount(8)) and uses k8s.io/mount-utils
 // only to detect mount points; tests use mount-utils' FakeMounter, which
 // records mounts without touching the host.
@@ -10,6 +11,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	mountutils "k8s.io/mount-utils"
@@ -35,18 +38,41 @@ type Interface interface {
 	MountTmpfs(target string) (created bool, err error)
 	// IsMounted reports whether path is a mount point; a missing path is not.
 	IsMounted(path string) (bool, error)
+	// IsTmpfs reports whether path is a mount point with a tmpfs on top:
+	// false after a lazy unmount, when path is a directory on the node's
+	// disk again.
+	IsTmpfs(path string) (bool, error)
 	// Cleanup unmounts path (every stacked layer) if it is mounted and
 	// removes the directory; a missing path is not an error.
 	Cleanup(path string) error
 }
 
-// Mounter implements Interface; New and NewFake differ only in how they mount
-// and unmount.
+// ErrOutside is the error, wrapped, for a path outside the kubelet's pods
+// directory: nothing is mounted, unmounted or removed there.
+var ErrOutside = errors.New("not under the kubelet's pods directory")
+
+// CheckTarget is nil when path is a clean absolute path strictly under
+// podsDir (the kubelet's <root-dir>/pods, where every pod's volumes are), as
+// written; a Mounter also resolves symbolic links before it acts.
+func CheckTarget(podsDir, path string) error {
+	switch {
+	case !filepath.IsAbs(path) || filepath.Clean(path) != path:
+		return fmt.Errorf("%.512q is not a clean absolute path", path)
+	case !strings.HasPrefix(path, filepath.Clean(podsDir)+string(filepath.Separator)):
+		return fmt.Errorf("%.512q is %w %s", path, ErrOutside, podsDir)
+	}
+	return nil
+}
+
+// Mounter implements Interface; New and NewFake differ only in how they mount,
+// unmount and tell a tmpfs.
 type Mounter struct {
+	podsDir string
 	checker mountPointChecker
 	data    string // tmpfs options: "size=4m,mode=0755"
 	mount   func(target, data string) error
 	unmount func(target string) error
+	isTmpfs func(path string) (bool, error)
 }
 
 var _ Interface = (*Mounter)(nil)
@@ -56,29 +82,46 @@ type mountPointChecker interface {
 	IsLikelyNotMountPoint(path string) (bool, error)
 }
 
-// New returns the real mounter: mount(2) and umount(2), no external command.
-func New() *Mounter {
+// New returns the real mounter, confined to podsDir: mount(2), umount(2) and
+// statfs(2), no external command.
+func New(podsDir string) *Mounter {
 	return &Mounter{
+		podsDir: filepath.Clean(podsDir),
 		// The zero mount-utils Mounter: its IsLikelyNotMountPoint only calls
 		// statx(2). mountutils.New would exec umount(8) to probe its behaviour.
 		checker: &mountutils.Mounter{},
 		data:    tmpfsData(defaultSize),
 		mount:   sysMount,
 		unmount: sysUnmount,
+		isTmpfs: sysIsTmpfs,
 	}
 }
 
-// NewFake returns a mounter that records mounts in a mount-utils
-// FakeMounter without touching the host.
-func NewFake() *Mounter {
+// NewFake returns a mounter confined to podsDir that records mounts in a
+// mount-utils FakeMounter without touching the host.
+func NewFake(podsDir string) *Mounter {
 	fm := mountutils.NewFakeMounter(nil)
 	return &Mounter{
+		podsDir: filepath.Clean(podsDir),
 		checker: fm,
 		data:    tmpfsData(defaultSize),
 		mount: func(target, data string) error {
 			return fm.Mount("tmpfs", target, "tmpfs", []string{data, "nosuid", "nodev", "noexec"})
 		},
 		unmount: fm.Unmount,
+		isTmpfs: func(path string) (bool, error) {
+			mps, err := fm.List()
+			if err != nil {
+				return false, err
+			}
+			top := ""
+			for _, mp := range mps {
+				if mp.Path == path {
+					top = mp.Type
+				}
+			}
+			return top == "tmpfs", nil
+		},
 	}
 }
 
@@ -105,6 +148,21 @@ func sysUnmount(target string) error {
 	}
 }
 
+// sysIsTmpfs says whether the filesystem holding path is a tmpfs.
+func sysIsTmpfs(path string) (bool, error) {
+	var st unix.Statfs_t
+	for {
+		err := unix.Statfs(path, &st)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, errnoContext(err)
+		}
+		return st.Type == unix.TMPFS_MAGIC, nil
+	}
+}
+
 // errnoContext prefixes an errno's symbolic name ("EPERM: operation not
 // permitted"), keeping it in the chain for errors.Is.
 func errnoContext(err error) error {
@@ -115,8 +173,52 @@ func errnoContext(err error) error {
 	return err
 }
 
-// MountTmpfs implements Interface.
+// confine is nil when path is under the pods directory both as written and
+// with every symbolic link on the way resolved (the part that exists yet),
+// and is not itself a symbolic link: umount(2) would follow it.
+func (m *Mounter) confine(path string) error {
+	if err := CheckTarget(m.podsDir, path); err != nil {
+		return err
+	}
+	root, err := resolveExisting(m.podsDir)
+	if err != nil {
+		return err
+	}
+	real, err := resolveExisting(path)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(real, root+string(filepath.Separator)) {
+		return fmt.Errorf("%.512q resolves to %.512q, which is %w %s", path, real, ErrOutside, root)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%.512q is a symbolic link", path)
+	}
+	return nil
+}
+
+// resolveExisting resolves the symbolic links of path's longest existing
+// prefix and appends the rest as written.
+func resolveExisting(path string) (string, error) {
+	rest := ""
+	for p := path; ; p = filepath.Dir(p) {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || p == filepath.Dir(p) {
+			return "", fmt.Errorf("resolve %.512q: %w", path, err)
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+	}
+}
+
+// MountTmpfs implements Interface. A mount already at target is taken only
+// if it is a tmpfs: a key is never written onto anything else.
 func (m *Mounter) MountTmpfs(target string) (bool, error) {
+	if err := m.confine(target); err != nil {
+		return false, err
+	}
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return false, fmt.Errorf("create target %s: %w", target, err)
 	}
@@ -125,6 +227,13 @@ func (m *Mounter) MountTmpfs(target string) (bool, error) {
 		return false, err
 	}
 	if mounted {
+		tmpfs, err := m.isTmpfs(target)
+		if err != nil {
+			return false, fmt.Errorf("check the filesystem at %s: %w", target, err)
+		}
+		if !tmpfs {
+			return false, fmt.Errorf("%s is mounted, and not with a tmpfs: not writing a key onto it", target)
+		}
 		return false, nil
 	}
 	if err := m.mount(target, m.data); err != nil {
@@ -145,8 +254,24 @@ func (m *Mounter) IsMounted(path string) (bool, error) {
 	return !notMnt, nil
 }
 
-// Cleanup implements Interface.
+// IsTmpfs implements Interface.
+func (m *Mounter) IsTmpfs(path string) (bool, error) {
+	mounted, err := m.IsMounted(path)
+	if err != nil || !mounted {
+		return false, err
+	}
+	tmpfs, err := m.isTmpfs(path)
+	if err != nil {
+		return false, fmt.Errorf("check the filesystem at %s: %w", path, err)
+	}
+	return tmpfs, nil
+}
+
+// Cleanup implements Interface, only under the pods directory.
 func (m *Mounter) Cleanup(path string) error {
+	if err := m.confine(path); err != nil {
+		return err
+	}
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

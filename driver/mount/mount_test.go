@@ -1,6 +1,8 @@
 package mount
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -49,9 +51,10 @@ func needRoot(t *testing.T) {
 // TestRealTmpfs mounts a real tmpfs through mount(2).
 func TestRealTmpfs(t *testing.T) {
 	needRoot(t)
-	target := filepath.Join(t.TempDir(), "pods", "uid", "mount")
+	pods := filepath.Join(t.TempDir(), "pods")
+	target := filepath.Join(pods, "uid", "mount")
 	t.Cleanup(func() { forceUnmount(target) })
-	m := New()
+	m := New(pods)
 
 	created, err := m.MountTmpfs(target)
 	if err != nil || !created {
@@ -110,9 +113,10 @@ func TestRealTmpfs(t *testing.T) {
 // have stacked, then removes the directory.
 func TestRealCleanupStacked(t *testing.T) {
 	needRoot(t)
-	target := filepath.Join(t.TempDir(), "mount")
+	pods := t.TempDir()
+	target := filepath.Join(pods, "mount")
 	t.Cleanup(func() { forceUnmount(target) })
-	m := New()
+	m := New(pods)
 	if _, err := m.MountTmpfs(target); err != nil {
 		t.Fatal(err)
 	}
@@ -136,8 +140,9 @@ func TestRealCleanupStacked(t *testing.T) {
 }
 
 func TestCleanupMissing(t *testing.T) {
-	missing := filepath.Join(t.TempDir(), "no", "such", "mount")
-	for name, m := range map[string]*Mounter{"real": New(), "fake": NewFake()} {
+	pods := t.TempDir()
+	missing := filepath.Join(pods, "no", "such", "mount")
+	for name, m := range map[string]*Mounter{"real": New(pods), "fake": NewFake(pods)} {
 		if err := m.Cleanup(missing); err != nil {
 			t.Errorf("%s: Cleanup(missing) = %v", name, err)
 		}
@@ -150,7 +155,8 @@ func TestCleanupMissing(t *testing.T) {
 // TestRealMountError checks a failed mount(2) names the target and errno.
 func TestRealMountError(t *testing.T) {
 	needRoot(t)
-	file := filepath.Join(t.TempDir(), "file")
+	pods := t.TempDir()
+	file := filepath.Join(pods, "file")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -161,15 +167,16 @@ func TestRealMountError(t *testing.T) {
 	if got := err.Error(); !strings.HasPrefix(got, "ENOTDIR: ") {
 		t.Errorf("error %q lacks the errno name", got)
 	}
-	m := New()
+	m := New(pods)
 	if _, err := m.MountTmpfs(file); err == nil || !strings.Contains(err.Error(), file) {
 		t.Errorf("MountTmpfs(file) = %v, want an error naming %s", err, file)
 	}
 }
 
 func TestFake(t *testing.T) {
-	target := filepath.Join(t.TempDir(), "mount")
-	m := NewFake()
+	pods := t.TempDir()
+	target := filepath.Join(pods, "mount")
+	m := NewFake(pods)
 	for i, want := range []bool{true, false} {
 		created, err := m.MountTmpfs(target)
 		if err != nil || created != want {
@@ -197,5 +204,110 @@ func forceUnmount(path string) {
 		if unix.Unmount(path, unix.MNT_DETACH) != nil {
 			return
 		}
+	}
+}
+
+// TestRealIsTmpfs tells a volume's tmpfs from what is left after a lazy
+// unmount (the target directory on the node's disk), and never takes over a
+// mount that is not a tmpfs: a key is written only into a tmpfs.
+func TestRealIsTmpfs(t *testing.T) {
+	needRoot(t)
+	pods := t.TempDir()
+	target := filepath.Join(pods, "uid", "mount")
+	t.Cleanup(func() { forceUnmount(target) })
+	m := New(pods)
+	if _, err := m.MountTmpfs(target); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := m.IsTmpfs(target); err != nil || !ok {
+		t.Fatalf("IsTmpfs on the volume's tmpfs = %v, %v", ok, err)
+	}
+	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil { // umount -l
+		t.Fatal(err)
+	}
+	if ok, err := m.IsTmpfs(target); err != nil || ok {
+		t.Fatalf("IsTmpfs after a lazy unmount = %v, %v; want false", ok, err)
+	}
+
+	// A bind mount of a directory that is not a tmpfs (a file system whose
+	// type the test checks first) is refused, and left as it is.
+	disk, err := os.MkdirTemp(filepath.Dir(os.Args[0]), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(disk) })
+	var st unix.Statfs_t
+	if err := unix.Statfs(disk, &st); err != nil || st.Type == unix.TMPFS_MAGIC {
+		t.Skipf("the test binary's directory is on a tmpfs (%v): no other file system to bind", err)
+	}
+	if err := unix.Mount(disk, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.MountTmpfs(target); err == nil || !strings.Contains(err.Error(), "not with a tmpfs") {
+		t.Errorf("MountTmpfs over a bind mount = %v, want a refusal", err)
+	}
+	if ok, err := m.IsTmpfs(target); err != nil || ok {
+		t.Errorf("IsTmpfs on a bind mount = %v, %v; want false", ok, err)
+	}
+	if mi := mountsAt(t, target); len(mi) != 1 {
+		t.Errorf("%d mounts at the target, want the bind mount alone: %+v", len(mi), mi)
+	}
+}
+
+// TestConfinedToPodsDir: nothing is mounted, unmounted or removed outside the
+// kubelet's pods directory, whether the path says so or a symbolic link on the
+// way leads there; a target that is itself a symbolic link is refused (umount
+// would follow it).
+func TestConfinedToPodsDir(t *testing.T) {
+	base := t.TempDir()
+	pods := filepath.Join(base, "pods")
+	outside := filepath.Join(base, "outside")
+	for _, d := range []string{pods, outside} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	precious := filepath.Join(outside, "precious")
+	if err := os.WriteFile(precious, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(pods, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "dir"), filepath.Join(pods, "link")); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]string{
+		"outside":             outside,
+		"the pods dir itself": pods,
+		"dot-dot":             pods + "/uid/../../outside",
+		"relative":            "pods/uid/mount",
+		"a sibling prefix":    pods + "-other/uid/mount",
+		"through a link":      filepath.Join(pods, "escape"),
+		"under a link":        filepath.Join(pods, "escape", "uid", "mount"),
+		"a link as target":    filepath.Join(pods, "link"),
+	}
+	for name, m := range map[string]*Mounter{"real": New(pods), "fake": NewFake(pods)} {
+		for what, path := range cases {
+			if err := m.Cleanup(path); err == nil {
+				t.Errorf("%s: Cleanup(%s: %s) succeeded", name, what, path)
+			}
+			if _, err := m.MountTmpfs(path); err == nil {
+				t.Errorf("%s: MountTmpfs(%s: %s) succeeded", name, what, path)
+				forceUnmount(path)
+			}
+		}
+		if data, err := os.ReadFile(precious); err != nil || string(data) != "keep" {
+			t.Fatalf("%s: a file outside the pods dir was touched: %q, %v", name, data, err)
+		}
+		if _, err := os.Lstat(filepath.Join(outside, "uid")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: a directory was created outside the pods dir: %v", name, err)
+		}
+	}
+	if err := CheckTarget(pods, filepath.Join(pods, "uid", "volumes", "kubernetes.io~csi", "spiffe", "mount")); err != nil {
+		t.Errorf("CheckTarget on a kubelet target path: %v", err)
+	}
+	if err := CheckTarget(pods, outside); !errors.Is(err, ErrOutside) {
+		t.Errorf("CheckTarget(outside) = %v, want ErrOutside", err)
 	}
 }

@@ -177,6 +177,12 @@ func prune(dir, current string, names map[string]bool) error {
 	return errors.Join(errs...)
 }
 
+// Written reports whether dir holds a set of files WriteFiles wrote.
+func Written(dir string) bool {
+	_, err := os.Lstat(filepath.Join(dir, dataLink))
+	return err == nil
+}
+
 // ReadFiles reads the named files of the current generation in dir,
 // resolving ..data once so they belong to the same set.
 func ReadFiles(dir string, names ...string) (map[string][]byte, error) {

@@ -40,8 +40,9 @@ func NewStore(root string) (*Store, error) {
 	return &Store{dir: dir}, nil
 }
 
-// path names a volume's file by a hash of its ID: IDs may hold any character.
-func (s *Store) path(volumeID string) string {
+// StateFile is the volume's state file, named by a hash of its ID: IDs may
+// hold any character.
+func (s *Store) StateFile(volumeID string) string {
 	sum := sha256.Sum256([]byte(volumeID))
 	return filepath.Join(s.dir, hex.EncodeToString(sum[:16])+".json")
 }
@@ -63,7 +64,7 @@ func (s *Store) Save(m Meta) error {
 		_ = os.Remove(f.Name())
 		return fmt.Errorf("save state of volume %s: %w", m.VolumeID, err)
 	}
-	if err := os.Rename(f.Name(), s.path(m.VolumeID)); err != nil {
+	if err := os.Rename(f.Name(), s.StateFile(m.VolumeID)); err != nil {
 		_ = os.Remove(f.Name())
 		return fmt.Errorf("save state of volume %s: %w", m.VolumeID, err)
 	}
@@ -72,7 +73,7 @@ func (s *Store) Save(m Meta) error {
 
 // Delete removes a volume's state; a missing one is not an error.
 func (s *Store) Delete(volumeID string) error {
-	if err := os.Remove(s.path(volumeID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(s.StateFile(volumeID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete state of volume %s: %w", volumeID, err)
 	}
 	return nil
@@ -101,7 +102,7 @@ func (s *Store) List() ([]Meta, error) {
 		if err == nil {
 			err = json.Unmarshal(data, &m)
 		}
-		if err == nil && (m.VolumeID == "" || s.path(m.VolumeID) != p) {
+		if err == nil && (m.VolumeID == "" || s.StateFile(m.VolumeID) != p) {
 			err = errors.New("volume ID does not match the file name")
 		}
 		if err != nil {

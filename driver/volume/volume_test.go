@@ -86,11 +86,16 @@ func TestWriteFilesLayout(t *testing.T) {
 	}
 }
 
-// TestRotationIsAtomic rotates pairs while readers hammer the volume; a
-// reader resolving ..data once never sees a key that does not match its
-// certificate.
+// TestRotationIsAtomic rotates pairs, each with a fresh key, while readers
+// hammer the volume: a reader resolving ..data once never sees a key that
+// does not match its certificate, and neither does an application reading
+// tls.crt, tls.key, then tls.crt again through their own links, whenever
+// both certificate reads agree. The links always exist and always point
+// through ..data; a file is only ever missing to a read that resolved the
+// generation ..data was just swapped away from.
 func TestRotationIsAtomic(t *testing.T) {
 	dir := t.TempDir()
+	names := []string{"tls.crt", "tls.key"}
 	write := func() {
 		cert, key := pair(t)
 		if err := WriteFiles(dir, map[string][]byte{"tls.crt": cert, "tls.key": key}, -1); err != nil {
@@ -100,8 +105,10 @@ func TestRotationIsAtomic(t *testing.T) {
 	write()
 	var stop atomic.Bool
 	var reads, mismatches atomic.Int64
+	var linkReads, stable, linkMismatches, missing, pruned, badLinks atomic.Int64
+	var badLink atomic.Value // the last wrong link target seen
 	var wg sync.WaitGroup
-	for range 4 {
+	for range 2 {
 		wg.Go(func() {
 			for !stop.Load() {
 				files, err := ReadFiles(dir, "tls.crt", "tls.key")
@@ -120,6 +127,58 @@ func TestRotationIsAtomic(t *testing.T) {
 			}
 		})
 	}
+	// readLink reads one user-visible file as an application would. A
+	// missing file is retried, and counted as missing unless ..data was
+	// swapped during the read, with the link still there: the read then
+	// resolved ..data to the generation just replaced, and found it pruned.
+	readLink := func(name string) ([]byte, bool) {
+		before, _ := os.Readlink(filepath.Join(dir, dataLink))
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			after, _ := os.Readlink(filepath.Join(dir, dataLink))
+			if _, lerr := os.Lstat(filepath.Join(dir, name)); lerr != nil || before == after {
+				missing.Add(1)
+			} else {
+				pruned.Add(1)
+			}
+			return nil, false
+		}
+		if err != nil {
+			t.Error(err)
+			stop.Store(true)
+			return nil, false
+		}
+		return data, true
+	}
+	for range 3 {
+		wg.Go(func() {
+			for !stop.Load() {
+				cert1, ok1 := readLink("tls.crt")
+				key, ok2 := readLink("tls.key")
+				cert2, ok3 := readLink("tls.crt")
+				if !ok1 || !ok2 || !ok3 {
+					continue
+				}
+				linkReads.Add(1)
+				if bytes.Equal(cert1, cert2) { // no rotation in between
+					stable.Add(1)
+					if !matches(cert1, key) {
+						linkMismatches.Add(1)
+					}
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for !stop.Load() {
+			for _, name := range names {
+				if l, err := os.Readlink(filepath.Join(dir, name)); err != nil || l != filepath.Join(dataLink, name) {
+					badLinks.Add(1)
+					badLink.Store(name + " -> " + l)
+				}
+			}
+		}
+	})
 	deadline := time.Now().Add(time.Second)
 	rotations := 0
 	for time.Now().Before(deadline) {
@@ -129,12 +188,22 @@ func TestRotationIsAtomic(t *testing.T) {
 	stop.Store(true)
 	wg.Wait()
 	if mismatches.Load() != 0 {
-		t.Fatalf("%d of %d reads saw a key that does not match the certificate", mismatches.Load(), reads.Load())
+		t.Errorf("%d of %d reads through ..data saw a key that does not match the certificate", mismatches.Load(), reads.Load())
 	}
-	if reads.Load() == 0 || rotations < 10 {
-		t.Fatalf("too little concurrency: %d reads, %d rotations", reads.Load(), rotations)
+	if linkMismatches.Load() != 0 {
+		t.Errorf("%d of %d reads through the links with the same certificate before and after saw a key that does not match it", linkMismatches.Load(), stable.Load())
 	}
-	t.Logf("%d reads over %d rotations, all consistent", reads.Load(), rotations)
+	if missing.Load() != 0 {
+		t.Errorf("a user-visible file was missing %d times while ..data stayed", missing.Load())
+	}
+	if badLinks.Load() != 0 {
+		t.Errorf("a user-visible link did not point through %s %d times, e.g. %v", dataLink, badLinks.Load(), badLink.Load())
+	}
+	if reads.Load() == 0 || stable.Load() == 0 || rotations < 10 {
+		t.Fatalf("too little concurrency: %d reads through ..data, %d stable of %d through the links, %d rotations", reads.Load(), stable.Load(), linkReads.Load(), rotations)
+	}
+	t.Logf("%d reads through ..data, %d through the links (%d stable, %d retried after a prune) over %d rotations",
+		reads.Load(), linkReads.Load(), stable.Load(), pruned.Load(), rotations)
 }
 
 func TestStoreRoundTripAndRecovery(t *testing.T) {

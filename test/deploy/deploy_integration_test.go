@@ -387,8 +387,8 @@ func runDriver(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		t.Fatal(err)
 	}
 	defer p.Stop(15, 10*time.Second)
-	if err := p.WaitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(health)+"/healthz"); err != nil {
-		t.Fatalf("driver never healthy: %v", err)
+	if err := p.WaitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(health)+"/readyz"); err != nil {
+		t.Fatalf("driver never ready: %v", err)
 	}
 
 	kubeletRoot, _ := flagValue(args, "kubelet-root-dir")

@@ -283,8 +283,14 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 	if spec.PriorityClassName != "system-node-critical" {
 		t.Errorf("priorityClassName %q, want system-node-critical", spec.PriorityClassName)
 	}
-	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Error("driver needs a liveness probe on /healthz")
+	// Liveness and startup never wait for the API server; readiness does.
+	for _, p := range []struct {
+		name, path string
+		probe      *corev1.Probe
+	}{{"startup", "/healthz", c.StartupProbe}, {"liveness", "/healthz", c.LivenessProbe}, {"readiness", "/readyz", c.ReadinessProbe}} {
+		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path {
+			t.Errorf("driver needs a %s probe on %s", p.name, p.path)
+		}
 	}
 	if _, ok := flagValue(c.Args, "node-id"); !ok {
 		t.Error("no --node-id")

@@ -18,6 +18,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/svid-csi/svid-csi/driver/volume"
 	"github.com/svid-csi/svid-csi/internal/spiffe"
 	"github.com/svid-csi/svid-csi/internal/testbed"
 )
@@ -109,10 +111,8 @@ func TestPodLifecycle(t *testing.T) {
 			// Republish of a healthy volume: no request, same files.
 			republishIsFree(t, ctx, n, v, ns, cert, 3, "republish of a healthy volume")
 
-			if err := n.kubelet.DeletePod(ctx, v); err != nil {
-				t.Fatal(err)
-			}
-			assertUnpublished(t, n, v)
+			assertState(t, n, v.VolumeID)
+			unpublishAndCheck(t, ctx, n, v)
 			waitNoRequests(t, ns)
 			// Unpublish is idempotent, also for ids it never knew.
 			if err := n.kubelet.Unpublish(ctx, v); err != nil {
@@ -122,29 +122,53 @@ func TestPodLifecycle(t *testing.T) {
 	}
 }
 
-// assertNoState checks that nothing of the volume is left in the data root.
-// assertUnpublished: no mount, no target, no state left of the volume.
-func assertUnpublished(t *testing.T, n *node, v *testbed.PodVolume) {
+// unpublishAndCheck unpublishes v as the kubelet does and checks, before the
+// kubelet removes the volume's directory, that the driver left no mount, no
+// target and no state of it; then the pod goes.
+func unpublishAndCheck(t *testing.T, ctx context.Context, n *node, v *testbed.PodVolume) {
 	t.Helper()
+	if _, err := n.kubelet.Node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.VolumeID, TargetPath: v.TargetPath}); err != nil {
+		t.Fatalf("unpublish: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(v.TargetPath)); err != nil {
+		t.Fatalf("the volume's directory, the kubelet's to remove, is gone: %v", err)
+	}
 	if isMountPoint(t, v.TargetPath) {
 		t.Fatal("still mounted after unpublish")
 	}
-	if _, err := os.Stat(v.TargetPath); !os.IsNotExist(err) {
+	if _, err := os.Lstat(v.TargetPath); !os.IsNotExist(err) {
 		t.Fatalf("target still there after unpublish: %v", err)
 	}
 	assertNoState(t, n, v.VolumeID)
+	if err := n.kubelet.DeletePod(ctx, v); err != nil { // its unpublish is idempotent
+		t.Fatal(err)
+	}
 }
 
-func assertNoState(t *testing.T, n *node, volumeID string) {
+// stateFile is where the driver keeps the volume's state.
+func (n *node) stateFile(t *testing.T, volumeID string) string {
 	t.Helper()
-	err := filepath.Walk(n.dataRoot, func(path string, info os.FileInfo, err error) error {
-		if err == nil && strings.Contains(path, volumeID) {
-			t.Errorf("state left behind: %s", path)
-		}
-		return nil
-	})
+	store, err := volume.NewStore(n.dataRoot)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return store.StateFile(volumeID)
+}
+
+// assertNoState checks that the volume's state file is gone.
+func assertNoState(t *testing.T, n *node, volumeID string) {
+	t.Helper()
+	if _, err := os.Lstat(n.stateFile(t, volumeID)); !os.IsNotExist(err) {
+		t.Errorf("state left behind for volume %s: %v", volumeID, err)
+	}
+}
+
+// assertState checks that the volume's state file is there: the positive
+// control of assertNoState.
+func assertState(t *testing.T, n *node, volumeID string) {
+	t.Helper()
+	if _, err := os.Stat(n.stateFile(t, volumeID)); err != nil {
+		t.Errorf("no state for the published volume %s: %v", volumeID, err)
 	}
 }
 
@@ -235,10 +259,7 @@ func TestRenewalSurvivesRestart(t *testing.T) {
 	waitNoRequests(t, ns)
 	waitCreatedAsPod(t, ns, 2) // the publish's and the renewal's
 	stopRepublish()
-	if err := n.kubelet.DeletePod(ctx, v); err != nil {
-		t.Fatal(err)
-	}
-	assertUnpublished(t, n, v)
+	unpublishAndCheck(t, ctx, n, v)
 }
 
 // TestShortCertificatesRenew: 30 s certificates, republished every second,

@@ -265,12 +265,18 @@ func (n *node) logSize() int64 {
 	return st.Size()
 }
 
-// waitLogLine waits for a line of the driver's log, written after offset,
-// that contains every one of parts.
+// waitLogLine waits up to 10 s for a line of the driver's log, written after
+// offset, that contains every one of parts.
 func (n *node) waitLogLine(offset int64, parts ...string) {
 	n.t.Helper()
+	n.waitLogLineWithin(offset, 10*time.Second, parts...)
+}
+
+// waitLogLineWithin is waitLogLine with its own timeout.
+func (n *node) waitLogLineWithin(offset int64, timeout time.Duration, parts ...string) {
+	n.t.Helper()
 	var log string
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
 		data, err := os.ReadFile(n.driver.LogFile)
 		if err != nil || int64(len(data)) < offset {
 			return false, err

@@ -27,22 +27,31 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// The DaemonSet's pod runs the image built from bin/, and the kubelet
-// registered the driver (no registrar sidecar): CSINode lists it with the
-// node's name as its node ID.
+// The DaemonSet's pod runs the image built from bin/, passes its startup,
+// liveness and readiness probes as the kubelet runs them (Ready, never
+// restarted), and the kubelet registered the driver (no registrar sidecar):
+// CSINode lists it with the node's name as its node ID.
 func TestDriverRegisteredWithKubelet(t *testing.T) {
 	ctx := ctxFor(t, time.Minute)
-	pods, err := bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/name=svid-csi,app.kubernetes.io/component=driver"})
+	pods := &corev1.PodList{}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := bed.Kube.CoreV1().Pods(testbed.CertManagerNamespace).List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=svid-csi,app.kubernetes.io/component=driver"})
+		if err != nil {
+			return false, nil
+		}
+		pods = list
+		return len(pods.Items) == 1 && ready(&pods.Items[0]), nil
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if len(pods.Items) != 1 {
-		t.Fatalf("%d driver pods, want 1 (one node)", len(pods.Items))
+		t.Fatalf("want one ready driver pod (one node): %v (%d pods)", err, len(pods.Items))
 	}
 	p := pods.Items[0]
 	if p.Status.Phase != corev1.PodRunning || p.Spec.NodeName != testbed.NodeName {
 		t.Errorf("driver pod %s: %s on %q, want Running on %s", p.Name, p.Status.Phase, p.Spec.NodeName, testbed.NodeName)
+	}
+	if n := p.Status.ContainerStatuses[0].RestartCount; n != 0 {
+		t.Errorf("driver container restarted %d times", n)
 	}
 	if got := p.Status.ContainerStatuses[0].Image; got != bed.Node.Images.Driver {
 		t.Errorf("driver pod runs image %s, want the bed's %s", got, bed.Node.Images.Driver)

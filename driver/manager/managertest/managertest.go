@@ -30,7 +30,7 @@ import (
 // Fakes are what a Manager runs on in a unit test: a state store in a
 // temporary directory, the fake issuer and a counting fake mounter.
 type Fakes struct {
-	Dir     string // the store is under Dir/data; targets and sockets may go here too
+	Dir     string // the store is under Dir/data, targets under Dir/pods; sockets may go here too
 	Store   *volume.Store
 	Issuer  *Issuer
 	Mounter *CountingMounter
@@ -44,7 +44,7 @@ func NewFakes(t testing.TB) *Fakes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Fakes{Dir: dir, Store: store, Issuer: NewIssuer(), Mounter: &CountingMounter{Interface: mount.NewFake()}}
+	return &Fakes{Dir: dir, Store: store, Issuer: NewIssuer(), Mounter: &CountingMounter{Interface: mount.NewFake(filepath.Join(dir, "pods"))}}
 }
 
 // Issuer signs a self-signed certificate for a fresh key; it can block and
