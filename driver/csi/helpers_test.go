@@ -96,7 +96,7 @@ func tokensJSON(token string) string {
 func (td *testDriver) publishRequest(volID, token string) *csi.NodePublishVolumeRequest {
 	return &csi.NodePublishVolumeRequest{
 		VolumeId:   volID,
-		TargetPath: filepath.Join(td.dir, "pods", volID, "mount"),
+		TargetPath: managertest.Target(td.dir, volID),
 		VolumeCapability: &csi.VolumeCapability{
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},

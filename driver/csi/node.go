@@ -55,8 +55,9 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, invalid("volume_id is missing")
 	case target == "":
 		return nil, invalid("target_path is missing")
-	case mount.CheckTarget(d.opts.PodsDir, target) != nil:
-		return nil, invalid("target_path: %v", mount.CheckTarget(d.opts.PodsDir, target))
+	}
+	if err := mount.CheckTarget(d.opts.PodsDir, target); err != nil {
+		return nil, invalid("target_path: %v", err)
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), logkey.Volume, id, logkey.Target, target)
 	if err := d.opts.Volumes.Unpublish(klog.NewContext(ctx, logger), id, target); err != nil {

@@ -60,6 +60,10 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 		{"no pod namespace", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyPodNamespace) }, codes.InvalidArgument, vc(keyPodNamespace) + " is missing"},
 		{"no pod uid", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyPodUID) }, codes.InvalidArgument, vc(keyPodUID) + " is missing"},
 		{"no service account", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyServiceAccount) }, codes.InvalidArgument, vc(keyServiceAccount) + " is missing"},
+		{"namespace not a name", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyPodNamespace] = "Team_A" }, codes.InvalidArgument, vc(keyPodNamespace) + ` must be a namespace name (a DNS-1123 label), got "Team_A"`},
+		{"pod name not a name", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyPodName] = "a/b" }, codes.InvalidArgument, vc(keyPodName) + ` must be a pod name`},
+		{"service account not a name", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyServiceAccount] = "a\x00b" }, codes.InvalidArgument, vc(keyServiceAccount) + ` must be a ServiceAccount name (a DNS-1123 subdomain), got "a\x00b"`},
+		{"pod uid not a uid", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyPodUID] = "../x" }, codes.InvalidArgument, vc(keyPodUID) + ` must be a pod UID`},
 		{"no token", func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, keyTokens) }, codes.InvalidArgument, vc(keyTokens) + " is missing"},
 		{"token not JSON", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyTokens] = "{not json" }, codes.InvalidArgument, vc(keyTokens) + " is not a JSON object"},
 		{"token for another audience", func(r *csi.NodePublishVolumeRequest) {
@@ -183,7 +187,7 @@ func TestPublishWritesFilesAndUnpublishRemovesEverything(t *testing.T) {
 
 func TestUnpublishUnknownVolumeSucceeds(t *testing.T) {
 	td := startDriver(t, testLogger(t))
-	_, err := td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope", TargetPath: filepath.Join(td.dir, "pods", "nope")})
+	_, err := td.node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "nope", TargetPath: managertest.Target(td.dir, "nope")})
 	if err != nil {
 		t.Fatal(err)
 	}

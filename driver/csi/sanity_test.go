@@ -9,6 +9,8 @@ import (
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/onsi/ginkgo/v2"
 	"github.com/onsi/gomega"
+
+	"github.com/svid-csi/svid-csi/driver/manager/managertest"
 )
 
 // sanitySkips are the csi-test specs that cannot apply to a node-only,
@@ -29,11 +31,11 @@ func TestSanity(t *testing.T) {
 	td := startDriver(t, testLogger(t))
 	cfg := sanity.NewTestConfig()
 	cfg.Address = "unix://" + filepath.Join(td.dir, "csi.sock")
-	// Under the kubelet's pods directory, as every target path must be.
-	if err := os.MkdirAll(filepath.Join(td.dir, "pods"), 0o750); err != nil {
+	// Where the kubelet puts a CSI volume's target (csi-test adds "/target").
+	cfg.TargetPath = filepath.Dir(managertest.Target(td.dir, "sanity"))
+	if err := os.MkdirAll(filepath.Dir(cfg.TargetPath), 0o750); err != nil {
 		t.Fatal(err)
 	}
-	cfg.TargetPath = filepath.Join(td.dir, "pods", "sanity-target")
 	cfg.StagingPath = filepath.Join(td.dir, "sanity-staging")
 	cfg.IdempotentCount = 0
 	// What the kubelet sends to an ephemeral volume, for specs that use

@@ -11,6 +11,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/svid-csi/svid-csi/driver/manager"
 	"github.com/svid-csi/svid-csi/driver/mount"
@@ -75,8 +76,11 @@ func validatePublish(req *csi.NodePublishVolumeRequest, podsDir string, needToke
 		return nil, invalid("volume_id is missing")
 	case m.TargetPath == "":
 		return nil, invalid("target_path is missing")
-	case mount.CheckTarget(podsDir, m.TargetPath) != nil:
-		return nil, invalid("target_path: %v", mount.CheckTarget(podsDir, m.TargetPath))
+	}
+	if err := mount.CheckTarget(podsDir, m.TargetPath); err != nil {
+		return nil, invalid("target_path: %v", err)
+	}
+	switch {
 	case vcap == nil:
 		return nil, invalid("volume_capability is missing")
 	case vcap.GetBlock() != nil:
@@ -97,6 +101,14 @@ func validatePublish(req *csi.NodePublishVolumeRequest, podsDir string, needToke
 		return nil, missing(keyPodUID)
 	case m.ServiceAccount == "":
 		return nil, missing(keyServiceAccount)
+	case len(validation.IsDNS1123Label(m.PodNamespace)) > 0:
+		return nil, invalid("volume_context[%q] must be a namespace name (a DNS-1123 label), got %.253q", keyPodNamespace, m.PodNamespace)
+	case len(validation.IsDNS1123Subdomain(m.PodName)) > 0:
+		return nil, invalid("volume_context[%q] must be a pod name (a DNS-1123 subdomain), got %.253q", keyPodName, m.PodName)
+	case len(validation.IsDNS1123Subdomain(m.ServiceAccount)) > 0:
+		return nil, invalid("volume_context[%q] must be a ServiceAccount name (a DNS-1123 subdomain), got %.253q", keyServiceAccount, m.ServiceAccount)
+	case !validUID(m.PodUID):
+		return nil, invalid("volume_context[%q] must be a pod UID (up to %d letters, digits and dashes), got %.128q", keyPodUID, maxUIDLength, m.PodUID)
 	}
 	switch {
 	case unknownAttribute(vc) != "":
@@ -117,6 +129,22 @@ func validatePublish(req *csi.NodePublishVolumeRequest, podsDir string, needToke
 		return nil, err
 	}
 	return p, nil
+}
+
+// maxUIDLength bounds a pod UID: the API server's are 36-character UUIDs,
+// a static pod's a 32-character hash.
+const maxUIDLength = 128
+
+func validUID(uid string) bool {
+	if len(uid) > maxUIDLength {
+		return false
+	}
+	for _, r := range uid {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return uid != ""
 }
 
 // unknownAttribute returns the first attribute under the driver's prefix that

@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/svid-csi/svid-csi/driver/failure"
 	"github.com/svid-csi/svid-csi/driver/logkey"
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
@@ -97,10 +98,12 @@ func (m *Manager) refreshCA(ctx context.Context, v *vol) (bool, error) {
 	if ca == nil || bytes.Equal(ca, v.caBundle()) {
 		return false, nil
 	}
-	if err := m.onTmpfs(v); err != nil {
-		return false, err
+	dir, done, err := m.opts.Mounter.OpenTmpfs(v.meta.TargetPath)
+	if err != nil {
+		return false, failure.New(failure.Local, "%w", err)
 	}
-	err := volume.UpdateFiles(v.meta.TargetPath, []string{m.opts.Files.Certificate, m.opts.Files.Key},
+	defer done()
+	err = volume.UpdateFiles(dir, []string{m.opts.Files.Certificate, m.opts.Files.Key},
 		map[string][]byte{m.opts.Files.CA: ca}, v.meta.FSGroup)
 	m.opts.Metrics.CABundleWritten(err == nil)
 	if err != nil {

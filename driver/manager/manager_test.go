@@ -71,7 +71,7 @@ func (tm *testManager) meta(volID string) volume.Meta {
 
 func meta(dir, volID string) volume.Meta {
 	return volume.Meta{
-		VolumeID: volID, TargetPath: filepath.Join(dir, "pods", volID, "mount"),
+		VolumeID: volID, TargetPath: managertest.Target(dir, volID),
 		PodNamespace: "team-a", PodName: "app-" + volID, PodUID: "uid-" + volID, ServiceAccount: "app", FSGroup: -1,
 	}
 }

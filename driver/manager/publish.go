@@ -146,9 +146,11 @@ func (m *Manager) issue(ctx context.Context, v *vol, renewal bool) (*issuance.Re
 // write replaces the volume's files as one set, with the current CA bundle,
 // only into the volume's tmpfs. Called with the volume's lock held.
 func (m *Manager) write(v *vol, res *issuance.Result) error {
-	if err := m.onTmpfs(v); err != nil {
-		return err
+	dir, done, err := m.opts.Mounter.OpenTmpfs(v.meta.TargetPath)
+	if err != nil {
+		return failure.New(failure.Local, "%w", err)
 	}
+	defer done()
 	files := map[string][]byte{
 		m.opts.Files.Certificate: res.ChainPEM,
 		m.opts.Files.Key:         res.KeyPEM,
@@ -157,7 +159,7 @@ func (m *Manager) write(v *vol, res *issuance.Result) error {
 	if ca != nil {
 		files[m.opts.Files.CA] = ca
 	}
-	if err := volume.WriteFiles(v.meta.TargetPath, files, v.meta.FSGroup); err != nil {
+	if err := volume.WriteFiles(dir, files, v.meta.FSGroup); err != nil {
 		return err
 	}
 	v.setCABundle(ca)

@@ -3,7 +3,6 @@ package manager
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -27,6 +26,13 @@ func (l *lazyUnmounted) IsTmpfs(path string) (bool, error) {
 		return false, nil
 	}
 	return l.Interface.IsTmpfs(path)
+}
+
+func (l *lazyUnmounted) OpenTmpfs(path string) (string, func(), error) {
+	if l.gone.Load() {
+		return "", nil, errors.New(path + " is no longer a tmpfs mount point: nothing is written there")
+	}
+	return l.Interface.OpenTmpfs(path)
 }
 
 // Once a volume's target is no longer its tmpfs, neither a renewal nor a CA
@@ -129,7 +135,7 @@ func TestUnpublishAtAnotherPathKeepsTheVolume(t *testing.T) {
 	if err := tm.m.Publish(tm.ctx, md, token("tok-1")); err != nil {
 		t.Fatal(err)
 	}
-	other := filepath.Join(tm.dir, "pods", "elsewhere", "mount")
+	other := managertest.Target(tm.dir, "elsewhere")
 	if err := os.MkdirAll(other, 0o750); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -42,8 +43,14 @@ type Interface interface {
 	// false after a lazy unmount, when path is a directory on the node's
 	// disk again.
 	IsTmpfs(path string) (bool, error)
-	// Cleanup unmounts path (every stacked layer) if it is mounted and
-	// removes the directory; a missing path is not an error.
+	// OpenTmpfs holds the tmpfs mounted at path open and returns a path
+	// that reaches it through that handle, to write through until done is
+	// called: a lazy unmount after the check detaches the tmpfs, and the
+	// writes go on landing in it, never in the directory on the node's
+	// disk that path then is.
+	OpenTmpfs(path string) (dir string, done func(), err error)
+	// Cleanup unmounts path (every stacked tmpfs layer) if it is mounted and
+	// removes the empty directory; a missing path is not an error.
 	Cleanup(path string) error
 }
 
@@ -51,15 +58,27 @@ type Interface interface {
 // directory: nothing is mounted, unmounted or removed there.
 var ErrOutside = errors.New("not under the kubelet's pods directory")
 
-// CheckTarget is nil when path is a clean absolute path strictly under
-// podsDir (the kubelet's <root-dir>/pods, where every pod's volumes are), as
-// written; a Mounter also resolves symbolic links before it acts.
+// maxPath is the longest target path taken: Linux's PATH_MAX.
+const maxPath = 4096
+
+// CheckTarget is nil when path, as written, is a clean absolute path of the
+// shape the kubelet gives a CSI volume's target under podsDir (its
+// <root-dir>/pods): <pods>/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount
+// (any last element: csi-test's sanity suite uses its own). A Mounter also
+// resolves symbolic links before it acts.
 func CheckTarget(podsDir, path string) error {
+	podsDir = filepath.Clean(podsDir)
 	switch {
+	case len(path) > maxPath:
+		return fmt.Errorf("%.64q... is longer than %d bytes", path, maxPath)
 	case !filepath.IsAbs(path) || filepath.Clean(path) != path:
 		return fmt.Errorf("%.512q is not a clean absolute path", path)
-	case !strings.HasPrefix(path, filepath.Clean(podsDir)+string(filepath.Separator)):
+	case !strings.HasPrefix(path, podsDir+string(filepath.Separator)):
 		return fmt.Errorf("%.512q is %w %s", path, ErrOutside, podsDir)
+	}
+	parts := strings.Split(path[len(podsDir)+1:], string(filepath.Separator))
+	if len(parts) != 5 || parts[1] != "volumes" || parts[2] != "kubernetes.io~csi" {
+		return fmt.Errorf("%.512q is not a CSI volume's target path (%s/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount)", path, podsDir)
 	}
 	return nil
 }
@@ -73,6 +92,9 @@ type Mounter struct {
 	mount   func(target, data string) error
 	unmount func(target string) error
 	isTmpfs func(path string) (bool, error)
+	// held: the tmpfs mounted at path, if that is what f is, reached
+	// through f.
+	held func(f *os.File, path string) (string, error)
 }
 
 var _ Interface = (*Mounter)(nil)
@@ -94,6 +116,7 @@ func New(podsDir string) *Mounter {
 		mount:   sysMount,
 		unmount: sysUnmount,
 		isTmpfs: sysIsTmpfs,
+		held:    sysHeld,
 	}
 }
 
@@ -108,7 +131,22 @@ func NewFake(podsDir string) *Mounter {
 		mount: func(target, data string) error {
 			return fm.Mount("tmpfs", target, "tmpfs", []string{data, "nosuid", "nodev", "noexec"})
 		},
-		unmount: fm.Unmount,
+		unmount: func(target string) error {
+			if err := fm.Unmount(target); err != nil {
+				return err
+			}
+			// The files written go with the tmpfs, as with a real one.
+			entries, err := os.ReadDir(target)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if err := os.RemoveAll(filepath.Join(target, e.Name())); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
 		isTmpfs: func(path string) (bool, error) {
 			mps, err := fm.List()
 			if err != nil {
@@ -122,7 +160,31 @@ func NewFake(podsDir string) *Mounter {
 			}
 			return top == "tmpfs", nil
 		},
+		held: func(_ *os.File, path string) (string, error) { return path, nil },
 	}
+}
+
+// sysHeld checks that the directory f holds is the root of the tmpfs
+// mounted at path now (same device and inode, a tmpfs by fstatfs(2)), and
+// returns the path through f's descriptor that reaches it whatever the mount
+// table says later.
+func sysHeld(f *os.File, path string) (string, error) {
+	fd := int(f.Fd())
+	var fsst unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fsst); err != nil {
+		return "", fmt.Errorf("fstatfs %s: %w", path, errnoContext(err))
+	}
+	var held, at unix.Stat_t
+	if err := unix.Fstat(fd, &held); err != nil {
+		return "", fmt.Errorf("fstat %s: %w", path, errnoContext(err))
+	}
+	if err := unix.Stat(path, &at); err != nil {
+		return "", fmt.Errorf("stat %s: %w", path, errnoContext(err))
+	}
+	if fsst.Type != unix.TMPFS_MAGIC || held.Dev != at.Dev || held.Ino != at.Ino {
+		return "", fmt.Errorf("%s changed while it was opened", path)
+	}
+	return "/proc/self/fd/" + strconv.Itoa(fd), nil
 }
 
 func tmpfsData(size string) string { return "size=" + size + ",mode=0755" }
@@ -138,10 +200,11 @@ func sysMount(target, data string) error {
 }
 
 // sysUnmount unmounts the top layer at target (not lazily: a busy mount fails
-// and is retried by the caller's next call), retrying on EINTR.
+// and is retried by the caller's next call; never through a symbolic link),
+// retrying on EINTR.
 func sysUnmount(target string) error {
 	for {
-		err := unix.Unmount(target, 0)
+		err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW)
 		if !errors.Is(err, unix.EINTR) {
 			return errnoContext(err)
 		}
@@ -267,7 +330,34 @@ func (m *Mounter) IsTmpfs(path string) (bool, error) {
 	return tmpfs, nil
 }
 
-// Cleanup implements Interface, only under the pods directory.
+// OpenTmpfs implements Interface: the directory is opened first, then path
+// is checked to be a tmpfs mount point whose root is that directory.
+func (m *Mounter) OpenTmpfs(path string) (string, func(), error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	done := func() { _ = f.Close() }
+	ok, err := m.IsTmpfs(path)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s is no longer a tmpfs mount point: nothing is written there", path)
+	}
+	var dir string
+	if err == nil {
+		dir, err = m.held(f, path)
+	}
+	if err != nil {
+		done()
+		return "", nil, err
+	}
+	return dir, done, nil
+}
+
+// Cleanup implements Interface, only under the pods directory and only for
+// tmpfs layers: a mount of anything else at path is not the driver's, and is
+// left as it is. Once the layers are gone the directory is removed with
+// rmdir(2), never recursively: the files went with the tmpfs, and a
+// recursive removal would reach into whatever else is mounted below.
 func (m *Mounter) Cleanup(path string) error {
 	if err := m.confine(path); err != nil {
 		return err
@@ -284,6 +374,13 @@ func (m *Mounter) Cleanup(path string) error {
 		if !mounted {
 			break
 		}
+		tmpfs, err := m.isTmpfs(path)
+		if err != nil {
+			return fmt.Errorf("check the filesystem at %s: %w", path, err)
+		}
+		if !tmpfs {
+			return fmt.Errorf("%s is mounted, and not with a tmpfs: not the driver's to unmount", path)
+		}
 		if i == maxLayers {
 			return fmt.Errorf("unmount %s: still mounted after %d unmounts", path, maxLayers)
 		}
@@ -291,9 +388,7 @@ func (m *Mounter) Cleanup(path string) error {
 			return fmt.Errorf("unmount %s: %w", path, err)
 		}
 	}
-	// Not a mount point any more: what is left is this volume's own directory
-	// (files only remain there with the fake mounter).
-	if err := os.RemoveAll(path); err != nil {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove target %s: %w", path, err)
 	}
 	return nil

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/svid-csi/svid-csi/driver/volume"
 )
 
 // mountInfo is one /proc/self/mountinfo line at a mount point.
@@ -52,7 +54,7 @@ func needRoot(t *testing.T) {
 func TestRealTmpfs(t *testing.T) {
 	needRoot(t)
 	pods := filepath.Join(t.TempDir(), "pods")
-	target := filepath.Join(pods, "uid", "mount")
+	target := csiTarget(pods, "uid")
 	t.Cleanup(func() { forceUnmount(target) })
 	m := New(pods)
 
@@ -112,14 +114,7 @@ func TestRealTmpfs(t *testing.T) {
 // TestRealCleanupStacked unmounts every layer a crash between two mounts may
 // have stacked, then removes the directory.
 func TestRealCleanupStacked(t *testing.T) {
-	needRoot(t)
-	pods := t.TempDir()
-	target := filepath.Join(pods, "mount")
-	t.Cleanup(func() { forceUnmount(target) })
-	m := New(pods)
-	if _, err := m.MountTmpfs(target); err != nil {
-		t.Fatal(err)
-	}
+	m, target := mountedTarget(t)
 	for range 2 { // what MountTmpfs never does: mount over a mount
 		if err := sysMount(target, tmpfsData(defaultSize)); err != nil {
 			t.Fatal(err)
@@ -141,7 +136,7 @@ func TestRealCleanupStacked(t *testing.T) {
 
 func TestCleanupMissing(t *testing.T) {
 	pods := t.TempDir()
-	missing := filepath.Join(pods, "no", "such", "mount")
+	missing := csiTarget(pods, "no-such-uid")
 	for name, m := range map[string]*Mounter{"real": New(pods), "fake": NewFake(pods)} {
 		if err := m.Cleanup(missing); err != nil {
 			t.Errorf("%s: Cleanup(missing) = %v", name, err)
@@ -175,7 +170,7 @@ func TestRealMountError(t *testing.T) {
 
 func TestFake(t *testing.T) {
 	pods := t.TempDir()
-	target := filepath.Join(pods, "mount")
+	target := csiTarget(pods, "uid")
 	m := NewFake(pods)
 	for i, want := range []bool{true, false} {
 		created, err := m.MountTmpfs(target)
@@ -197,6 +192,26 @@ func TestFake(t *testing.T) {
 	}
 }
 
+// mountedTarget mounts a real tmpfs at a CSI target under a fresh pods
+// directory (as root), unmounted when the test ends.
+func mountedTarget(t *testing.T) (m *Mounter, target string) {
+	t.Helper()
+	needRoot(t)
+	pods := t.TempDir()
+	target = csiTarget(pods, "uid")
+	t.Cleanup(func() { forceUnmount(target) })
+	m = New(pods)
+	if _, err := m.MountTmpfs(target); err != nil {
+		t.Fatal(err)
+	}
+	return m, target
+}
+
+// csiTarget is where the kubelet puts the target of a pod's CSI volume.
+func csiTarget(pods, uid string) string {
+	return filepath.Join(pods, uid, "volumes", "kubernetes.io~csi", "spiffe", "mount")
+}
+
 // forceUnmount leaves no mount behind when a test fails half-way (t.TempDir's
 // removal would fail on it).
 func forceUnmount(path string) {
@@ -211,14 +226,7 @@ func forceUnmount(path string) {
 // unmount (the target directory on the node's disk), and never takes over a
 // mount that is not a tmpfs: a key is written only into a tmpfs.
 func TestRealIsTmpfs(t *testing.T) {
-	needRoot(t)
-	pods := t.TempDir()
-	target := filepath.Join(pods, "uid", "mount")
-	t.Cleanup(func() { forceUnmount(target) })
-	m := New(pods)
-	if _, err := m.MountTmpfs(target); err != nil {
-		t.Fatal(err)
-	}
+	m, target := mountedTarget(t)
 	if ok, err := m.IsTmpfs(target); err != nil || !ok {
 		t.Fatalf("IsTmpfs on the volume's tmpfs = %v, %v", ok, err)
 	}
@@ -249,6 +257,9 @@ func TestRealIsTmpfs(t *testing.T) {
 	if ok, err := m.IsTmpfs(target); err != nil || ok {
 		t.Errorf("IsTmpfs on a bind mount = %v, %v; want false", ok, err)
 	}
+	if err := m.Cleanup(target); err == nil || !strings.Contains(err.Error(), "not the driver's to unmount") {
+		t.Errorf("Cleanup of a bind mount = %v, want a refusal", err)
+	}
 	if mi := mountsAt(t, target); len(mi) != 1 {
 		t.Errorf("%d mounts at the target, want the bind mount alone: %+v", len(mi), mi)
 	}
@@ -274,18 +285,35 @@ func TestConfinedToPodsDir(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(pods, "escape")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(outside, "dir"), filepath.Join(pods, "link")); err != nil {
+	linked := csiTarget(pods, "linked")
+	if err := os.MkdirAll(filepath.Dir(linked), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "dir"), linked); err != nil {
+		t.Fatal(err)
+	}
+	// A live volume of another pod, with a file in it: nothing outside a
+	// target, such as its pod's directory, is ever removed.
+	live := csiTarget(pods, "live")
+	if err := os.MkdirAll(live, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	liveKey := filepath.Join(live, "tls.key")
+	if err := os.WriteFile(liveKey, []byte("key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cases := map[string]string{
-		"outside":             outside,
-		"the pods dir itself": pods,
-		"dot-dot":             pods + "/uid/../../outside",
-		"relative":            "pods/uid/mount",
-		"a sibling prefix":    pods + "-other/uid/mount",
-		"through a link":      filepath.Join(pods, "escape"),
-		"under a link":        filepath.Join(pods, "escape", "uid", "mount"),
-		"a link as target":    filepath.Join(pods, "link"),
+		"outside":              outside,
+		"the pods dir itself":  pods,
+		"a pod's directory":    filepath.Join(pods, "live"),
+		"not a CSI volume":     filepath.Join(pods, "live", "volumes", "kubernetes.io~empty-dir", "v", "mount"),
+		"too deep":             filepath.Join(live, "deeper"),
+		"dot-dot":              pods + "/uid/../../outside",
+		"relative":             "pods/uid/volumes/kubernetes.io~csi/v/mount",
+		"a sibling prefix":     csiTarget(pods+"-other", "uid"),
+		"under a link":         filepath.Join(pods, "escape", "volumes", "kubernetes.io~csi", "v", "mount"),
+		"a link as target":     linked,
+		"longer than PATH_MAX": csiTarget(pods, strings.Repeat("u", 5000)),
 	}
 	for name, m := range map[string]*Mounter{"real": New(pods), "fake": NewFake(pods)} {
 		for what, path := range cases {
@@ -297,6 +325,9 @@ func TestConfinedToPodsDir(t *testing.T) {
 				forceUnmount(path)
 			}
 		}
+		if data, err := os.ReadFile(liveKey); err != nil || string(data) != "key" {
+			t.Fatalf("%s: another volume's file was touched: %q, %v", name, data, err)
+		}
 		if data, err := os.ReadFile(precious); err != nil || string(data) != "keep" {
 			t.Fatalf("%s: a file outside the pods dir was touched: %q, %v", name, data, err)
 		}
@@ -304,10 +335,39 @@ func TestConfinedToPodsDir(t *testing.T) {
 			t.Errorf("%s: a directory was created outside the pods dir: %v", name, err)
 		}
 	}
-	if err := CheckTarget(pods, filepath.Join(pods, "uid", "volumes", "kubernetes.io~csi", "spiffe", "mount")); err != nil {
+	if err := CheckTarget(pods, csiTarget(pods, "uid")); err != nil {
 		t.Errorf("CheckTarget on a kubelet target path: %v", err)
 	}
 	if err := CheckTarget(pods, outside); !errors.Is(err, ErrOutside) {
 		t.Errorf("CheckTarget(outside) = %v, want ErrOutside", err)
+	}
+}
+
+// TestRealOpenTmpfsOutlivesALazyUnmount: what is written through the held
+// tmpfs after a lazy unmount lands in the detached tmpfs, never in the
+// directory on the node's disk; once unmounted, the target cannot be opened
+// for writing any more.
+func TestRealOpenTmpfsOutlivesALazyUnmount(t *testing.T) {
+	m, target := mountedTarget(t)
+	dir, done, err := m.OpenTmpfs(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil { // umount -l, after the check
+		t.Fatal(err)
+	}
+	if err := volume.WriteFiles(dir, map[string][]byte{"tls.key": []byte("secret")}, -1); err != nil {
+		t.Fatalf("write through the held tmpfs: %v", err)
+	}
+	files, err := volume.ReadFiles(dir, "tls.key")
+	if err != nil || string(files["tls.key"]) != "secret" {
+		t.Errorf("read back through the held tmpfs: %q, %v", files["tls.key"], err)
+	}
+	done()
+	if entries, err := os.ReadDir(target); err != nil || len(entries) != 0 {
+		t.Errorf("the directory on disk holds %v (%v), want nothing", entries, err)
+	}
+	if _, _, err := m.OpenTmpfs(target); err == nil || !strings.Contains(err.Error(), "no longer a tmpfs mount point") {
+		t.Errorf("OpenTmpfs after the lazy unmount = %v, want a refusal", err)
 	}
 }

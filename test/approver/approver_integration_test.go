@@ -7,7 +7,6 @@ import (
 	"context"
 	"maps"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -163,29 +162,6 @@ func TestForeignRequestsUntouched(t *testing.T) {
 		}
 		if c := decided(got); c != nil {
 			t.Fatalf("%s was decided (%s: %q); it is not the approver's", cr.Name, c.Type, c.Message)
-		}
-	}
-}
-
-// TestLeaderFailover: two approvers, the leader is killed; requests created
-// before and during the failover are all decided by the survivor.
-func TestLeaderFailover(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	tn := newTenant(t, "failover")
-	a := startApprover(t, "approver-a", "--leader-election-id=failover")
-	first := tn.create(t, ctx, tn.request(t, requestOpts{}))
-	decision(ctx, t, tn.ns, first.Name) // a leads now
-	b := startApprover(t, "approver-b", "--leader-election-id=failover")
-	_ = b
-	a.Stop(syscall.SIGKILL, 5*time.Second) // a crash: the lease is not released
-	var names []string
-	for range 10 {
-		names = append(names, tn.create(t, ctx, tn.request(t, requestOpts{})).Name)
-	}
-	for _, n := range names {
-		if c := decision(ctx, t, tn.ns, n); c.Type != cmapi.CertificateRequestConditionApproved {
-			t.Fatalf("%s: %s %q", n, c.Type, c.Message)
 		}
 	}
 }

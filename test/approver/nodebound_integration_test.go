@@ -22,6 +22,9 @@ import (
 
 const driverSA = "svid-csi-driver"
 
+// holdFinalizer keeps a test's object until the test removes it.
+const holdFinalizer = "svid-csi.test/hold"
+
 // nodeBoundBed is two nodes, each with a driver pod whose pod-bound token
 // (as the kubelet gives the DaemonSet's pods) the test acts with, and a
 // workload namespace whose ServiceAccount has no RBAC at all.
@@ -151,7 +154,7 @@ func TestNodeBound(t *testing.T) {
 	}
 
 	// A pod terminating (a finalizer holds it) and a pod deleted since.
-	if _, err := bed.Kube.CoreV1().Pods(ns).Patch(ctx, terminating.Name, types.MergePatchType, []byte(`{"metadata":{"finalizers":["svid-csi.test/hold"]}}`), metav1.PatchOptions{}); err != nil {
+	if _, err := bed.Kube.CoreV1().Pods(ns).Patch(ctx, terminating.Name, types.MergePatchType, []byte(`{"metadata":{"finalizers":["`+holdFinalizer+`"]}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -171,6 +174,19 @@ func TestNodeBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := func(p *corev1.Pod) string { return "pod " + ns + "/" + p.Name + " " }
+	// held keeps a request whose owner does not exist from the garbage
+	// collector, which deletes it (rightly) as soon as it watches
+	// CertificateRequests, often before the approver decides: the denial is
+	// what is tested. The finalizer goes when the test ends.
+	held := func(cr *cmapi.CertificateRequest) *cmapi.CertificateRequest {
+		cr.Finalizers = append(cr.Finalizers, holdFinalizer)
+		got := b.create(t, "node-a", cr)
+		t.Cleanup(func() {
+			_, _ = bed.CertManager.CertmanagerV1().CertificateRequests(ns).Patch(context.Background(), got.Name,
+				types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		})
+		return got
+	}
 	for _, tc := range []struct {
 		name   string
 		create func() *cmapi.CertificateRequest
@@ -185,11 +201,11 @@ func TestNodeBound(t *testing.T) {
 		{"a pod UID that is not the pod's", func() *cmapi.CertificateRequest {
 			cr := b.request(t, webA, "app")
 			cr.OwnerReferences[0].UID, cr.Annotations[spiffe.PodUIDAnnotation] = "0000", "0000"
-			return b.create(t, "node-a", cr)
+			return held(cr)
 		}, pod(webA) + `metadata.uid: exp="0000" got="` + string(webA.UID) + `"`},
 		{"a terminating pod", func() *cmapi.CertificateRequest { return b.create(t, "node-a", b.request(t, terminating, "app")) },
 			pod(terminating) + `metadata.deletionTimestamp: exp="unset"`},
-		{"a deleted pod", func() *cmapi.CertificateRequest { return b.create(t, "node-a", b.request(t, gone, "app")) },
+		{"a deleted pod", func() *cmapi.CertificateRequest { return held(b.request(t, gone, "app")) },
 			fmt.Sprintf(`pod %s/%s: exp="exists" got="not found"`, ns, gone.Name)},
 		{"the driver's ServiceAccount with a token bound to no pod (no node)", func() *cmapi.CertificateRequest {
 			got, err := unbound.CertManager.CertmanagerV1().CertificateRequests(ns).Create(ctx, b.request(t, webA, "app"), metav1.CreateOptions{})

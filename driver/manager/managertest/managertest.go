@@ -47,6 +47,12 @@ func NewFakes(t testing.TB) *Fakes {
 	return &Fakes{Dir: dir, Store: store, Issuer: NewIssuer(), Mounter: &CountingMounter{Interface: mount.NewFake(filepath.Join(dir, "pods"))}}
 }
 
+// Target is the kubelet's target path for volume volID of a pod under dir:
+// <dir>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount.
+func Target(dir, volID string) string {
+	return filepath.Join(dir, "pods", "uid-"+volID, "volumes", "kubernetes.io~csi", volID, "mount")
+}
+
 // Issuer signs a self-signed certificate for a fresh key; it can block and
 // fail on demand, and records calls.
 type Issuer struct {
