@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,22 +31,29 @@ var fieldPrefixes = []string{"volume_id", "target_path", "volume_capability", "r
 // FuzzNodePublishVolume ./driver/csi/` explores further.
 func FuzzNodePublishVolume(f *testing.F) {
 	valid := tokensJSON("tok")
-	f.Add("vol-1", "pods/vol-1/mount", "app", "team-a", "uid-1", "app", "true", valid, "", "", true, false)
-	f.Add("vol-2", "pods/vol-2/mount", "app", "team-a", "uid-2", "app", "true", valid, "1000", "", true, false)
-	f.Add("vol-3", "pods/vol-3/mount", "app", "team-a", "uid-3", "app", "true", valid, "", "2000", true, true)
-	f.Add("", "pods/x/mount", "app", "team-a", "uid", "app", "true", valid, "", "", true, false)
+	f.Add("vol-1", "pods/uid-vol-1/volumes/kubernetes.io~csi/vol-1/mount", "app", "team-a", "uid-vol-1", "app", "true", valid, "", "", true, false)
+	f.Add("vol-2", "pods/uid-vol-2/volumes/kubernetes.io~csi/vol-2/mount", "app", "team-a", "uid-vol-2", "app", "true", valid, "1000", "", true, false)
+	f.Add("vol-3", "pods/uid-vol-3/volumes/kubernetes.io~csi/vol-3/mount", "app", "team-a", "uid-vol-3", "app", "true", valid, "", "2000", true, true)
+	f.Add("", "pods/uid/volumes/kubernetes.io~csi/x/mount", "app", "team-a", "uid", "app", "true", valid, "", "", true, false)
 	f.Add("vol-4", "pods/../etc", "app", "team-a", "uid", "app", "true", valid, "", "", true, false)
 	f.Add("vol-5", "/etc", "app", "team-a", "uid", "app", "true", valid, "", "", true, false)
-	f.Add("vol-6", "pods/vol-6/mount", "", "team-a", "uid", "app", "true", valid, "", "", true, false)
-	f.Add("vol-7", "pods/vol-7/mount", "app", "Team_A", "uid", "app", "true", valid, "", "", true, false)
-	f.Add("vol-8", "pods/vol-8/mount", "app", "team-a", "uid", "a\x00b", "true", valid, "", "", true, false)
-	f.Add("vol-9", "pods/vol-9/mount", "app", "team-a", "uid", "app", "false", valid, "", "", true, false)
-	f.Add("vol-10", "pods/vol-10/mount", "app", "team-a", "uid", "app", "true", `{"":{"token":1}}`, "", "", true, false)
-	f.Add("vol-11", "pods/vol-11/mount", "app", "team-a", "uid", "app", "true", valid, "-1", "x", false, false)
-	f.Add("vol-12", "pods/vol-12/mount/", "app", "team-a", "uid", "app", "true", valid, "4294967295", "", true, false)
+	f.Add("vol-6", "pods/uid-vol-6/volumes/kubernetes.io~csi/vol-6/mount", "", "team-a", "uid", "app", "true", valid, "", "", true, false)
+	f.Add("vol-7", "pods/uid-vol-7/volumes/kubernetes.io~csi/vol-7/mount", "app", "Team_A", "uid", "app", "true", valid, "", "", true, false)
+	f.Add("vol-8", "pods/uid-vol-8/volumes/kubernetes.io~csi/vol-8/mount", "app", "team-a", "uid", "a\x00b", "true", valid, "", "", true, false)
+	f.Add("vol-9", "pods/uid-vol-9/volumes/kubernetes.io~csi/vol-9/mount", "app", "team-a", "uid", "app", "false", valid, "", "", true, false)
+	f.Add("vol-10", "pods/uid-vol-10/volumes/kubernetes.io~csi/vol-10/mount", "app", "team-a", "uid", "app", "true", `{"":{"token":1}}`, "", "", true, false)
+	f.Add("vol-11", "pods/uid-vol-11/volumes/kubernetes.io~csi/vol-11/mount", "app", "team-a", "uid", "app", "true", valid, "-1", "x", false, false)
+	f.Add("vol-12", "pods/uid-vol-12/volumes/kubernetes.io~csi/vol-12/mount/", "app", "team-a", "uid", "app", "true", valid, "4294967295", "", true, false)
 
 	td := startDriver(f, klog.Logger{}) // the zero logger discards
 	pods := filepath.Join(td.dir, "pods")
+	published := 0 // the valid seeds reach the success path
+	f.Cleanup(func() {
+		fuzzing := flag.Lookup("test.fuzz") != nil && flag.Lookup("test.fuzz").Value.String() != ""
+		if published == 0 && !f.Failed() && !fuzzing {
+			f.Error("no input was published: the success path went untested")
+		}
+	})
 	f.Fuzz(func(t *testing.T, volID, target, podName, ns, uid, sa, ephemeral, tokens, fsGroup, mountGroup string, readonly, block bool) {
 		for _, s := range []string{volID, target, podName, ns, uid, sa, ephemeral, tokens, fsGroup, mountGroup} {
 			if !utf8.ValidString(s) {
@@ -78,6 +86,9 @@ func FuzzNodePublishVolume(f *testing.F) {
 		}
 		if !strings.HasPrefix(target, pods+"/") && st.Code() != codes.InvalidArgument {
 			t.Fatalf("target %q outside the pods directory: %s %q, want InvalidArgument", target, st.Code(), st.Message())
+		}
+		if st.Code() == codes.OK {
+			published++
 		}
 		switch st.Code() {
 		case codes.OK:

@@ -46,6 +46,11 @@ func TestNodePublishVolumeValidation(t *testing.T) {
 			`target_path: "` + filepath.Join(td.dir, "etc", "mount") + `" is not under the kubelet's pods directory`},
 		{"target with dot-dot", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = filepath.Join(td.dir, "pods") + "/x/../../etc" }, codes.InvalidArgument,
 			`target_path: "` + filepath.Join(td.dir, "pods") + `/x/../../etc" is not a clean absolute path`},
+		{"target of another pod", func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[keyPodUID] = "uid-other" }, codes.InvalidArgument,
+			`target_path "` + managertest.Target(td.dir, "vol-bad") + `" is not under the directory of pod UID "uid-other"`},
+		{"a name longer than NAME_MAX", func(r *csi.NodePublishVolumeRequest) {
+			r.TargetPath = managertest.Target(td.dir, strings.Repeat("v", 300))
+		}, codes.InvalidArgument, `target_path: "`},
 		{"relative target", func(r *csi.NodePublishVolumeRequest) { r.TargetPath = "pods/vol-bad/mount" }, codes.InvalidArgument,
 			`target_path: "pods/vol-bad/mount" is not a clean absolute path`},
 		{"no capability", func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability = nil }, codes.InvalidArgument, "volume_capability is missing"},

@@ -3,6 +3,7 @@ package csi
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,6 +110,9 @@ func validatePublish(req *csi.NodePublishVolumeRequest, podsDir string, needToke
 		return nil, invalid("volume_context[%q] must be a ServiceAccount name (a DNS-1123 subdomain), got %.253q", keyServiceAccount, m.ServiceAccount)
 	case !validUID(m.PodUID):
 		return nil, invalid("volume_context[%q] must be a pod UID (up to %d letters, digits and dashes), got %.128q", keyPodUID, maxUIDLength, m.PodUID)
+	case !strings.HasPrefix(m.TargetPath, filepath.Join(podsDir, m.PodUID)+string(filepath.Separator)):
+		// The kubelet puts a pod's volumes under its own UID's directory.
+		return nil, invalid("target_path %.512q is not under the directory of pod UID %q", m.TargetPath, m.PodUID)
 	}
 	switch {
 	case unknownAttribute(vc) != "":

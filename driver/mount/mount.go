@@ -58,8 +58,11 @@ type Interface interface {
 // directory: nothing is mounted, unmounted or removed there.
 var ErrOutside = errors.New("not under the kubelet's pods directory")
 
-// maxPath is the longest target path taken: Linux's PATH_MAX.
-const maxPath = 4096
+// maxPath and maxName are Linux's PATH_MAX (with its NUL) and NAME_MAX.
+const (
+	maxPath = 4095
+	maxName = 255
+)
 
 // CheckTarget is nil when path, as written, is a clean absolute path of the
 // shape the kubelet gives a CSI volume's target under podsDir (its
@@ -79,6 +82,11 @@ func CheckTarget(podsDir, path string) error {
 	parts := strings.Split(path[len(podsDir)+1:], string(filepath.Separator))
 	if len(parts) != 5 || parts[1] != "volumes" || parts[2] != "kubernetes.io~csi" {
 		return fmt.Errorf("%.512q is not a CSI volume's target path (%s/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount)", path, podsDir)
+	}
+	for _, p := range parts {
+		if len(p) > maxName {
+			return fmt.Errorf("%.512q has a name longer than %d bytes", path, maxName)
+		}
 	}
 	return nil
 }
@@ -388,8 +396,46 @@ func (m *Mounter) Cleanup(path string) error {
 			return fmt.Errorf("unmount %s: %w", path, err)
 		}
 	}
+	if err := removeOwnEntries(path); err != nil {
+		return err
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove target %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeOwnEntries removes what the driver's writes leave in a directory
+// no tmpfs covers any more (a driver that wrote onto the disk after a lazy
+// unmount, or the fake mounter): the generations and ..data links, and the
+// user-visible links through ..data. Anything else, or anything on another
+// device (a mount below), stays, and the rmdir that follows fails on it.
+func removeOwnEntries(dir string) error {
+	var top unix.Stat_t
+	if err := unix.Lstat(dir, &top); err != nil {
+		return fmt.Errorf("stat %s: %w", dir, errnoContext(err))
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil || st.Dev != top.Dev {
+			continue
+		}
+		own := strings.HasPrefix(e.Name(), "..")
+		if !own && e.Type()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			own = err == nil && strings.HasPrefix(target, "..data"+string(filepath.Separator))
+		}
+		if !own {
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package mount
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -369,5 +370,45 @@ func TestRealOpenTmpfsOutlivesALazyUnmount(t *testing.T) {
 	}
 	if _, _, err := m.OpenTmpfs(target); err == nil || !strings.Contains(err.Error(), "no longer a tmpfs mount point") {
 		t.Errorf("OpenTmpfs after the lazy unmount = %v, want a refusal", err)
+	}
+}
+
+// TestCleanupStaleFilesOnDisk: a target no tmpfs covers that holds what the
+// driver writes (an older driver that wrote onto the disk after a lazy
+// unmount) is cleaned up, so the unpublish does not fail for ever; a file
+// the driver never writes stays, and the cleanup says so.
+func TestCleanupStaleFilesOnDisk(t *testing.T) {
+	pods := t.TempDir()
+	m := New(pods)
+	for _, foreign := range []bool{false, true} {
+		target := csiTarget(pods, fmt.Sprintf("uid-%v", foreign))
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // two generations, the older pruned
+			if err := volume.WriteFiles(target, map[string][]byte{"tls.crt": []byte("c"), "tls.key": []byte("k")}, -1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if foreign {
+			if err := os.WriteFile(filepath.Join(target, "notes"), []byte("mine"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := m.Cleanup(target)
+		switch {
+		case !foreign && err != nil:
+			t.Errorf("Cleanup of the driver's stale files: %v", err)
+		case !foreign:
+			if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("target left: %v", err)
+			}
+		case err == nil:
+			t.Error("Cleanup removed a directory holding a file the driver never writes")
+		default:
+			if data, rerr := os.ReadFile(filepath.Join(target, "notes")); rerr != nil || string(data) != "mine" {
+				t.Errorf("the foreign file: %q, %v", data, rerr)
+			}
+		}
 	}
 }

@@ -48,6 +48,12 @@ func TestDriverKilledWith100ShortVolumes(t *testing.T) {
 	}
 	earliestExpiry := slices.MinFunc(firsts, func(a, b *x509.Certificate) int { return a.NotAfter.Compare(b.NotAfter) }).NotAfter
 
+	// Before any renewal falls due (at 2/3 of the lifetime, jittered by at
+	// most a tenth of it), or the restart would not be what they go through.
+	earliestRenewal := slices.MinFunc(firsts, func(a, b *x509.Certificate) int { return a.NotBefore.Compare(b.NotBefore) }).NotBefore.Add(time.Minute / 2)
+	if time.Now().After(earliestRenewal) {
+		t.Fatalf("the publishes took until %s, past the earliest renewal (%s)", time.Now().Format(time.TimeOnly), earliestRenewal.Format(time.TimeOnly))
+	}
 	logFrom := n.logSize()
 	n.driver.Stop(syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
