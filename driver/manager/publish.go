@@ -9,6 +9,7 @@ import (
 	"github.com/svid-csi/svid-csi/driver/failure"
 	"github.com/svid-csi/svid-csi/driver/issuance"
 	"github.com/svid-csi/svid-csi/driver/logkey"
+	"github.com/svid-csi/svid-csi/driver/mount"
 	"github.com/svid-csi/svid-csi/driver/volume"
 )
 
@@ -175,7 +176,7 @@ func (m *Manager) onTmpfs(v *vol) error {
 		return failure.New(failure.Local, "%w", err)
 	}
 	if !ok {
-		return failure.New(failure.Local, "%s is no longer a tmpfs mount point: nothing is written there", v.meta.TargetPath)
+		return failure.New(failure.Local, "%w", mount.NotTmpfs(v.meta.TargetPath))
 	}
 	return nil
 }

@@ -30,7 +30,7 @@ func (l *lazyUnmounted) IsTmpfs(path string) (bool, error) {
 
 func (l *lazyUnmounted) OpenTmpfs(path string) (string, func(), error) {
 	if l.gone.Load() {
-		return "", nil, errors.New(path + " is no longer a tmpfs mount point: nothing is written there")
+		return "", nil, mount.NotTmpfs(path)
 	}
 	return l.Interface.OpenTmpfs(path)
 }

@@ -54,6 +54,14 @@ type Interface interface {
 	Cleanup(path string) error
 }
 
+// ErrNotTmpfs is the error, wrapped with the path, for a target that is no
+// longer a tmpfs mount point (after a lazy unmount, a directory on the
+// node's disk): nothing is written there.
+var ErrNotTmpfs = errors.New("is no longer a tmpfs mount point: nothing is written there")
+
+// NotTmpfs is ErrNotTmpfs for path.
+func NotTmpfs(path string) error { return fmt.Errorf("%s %w", path, ErrNotTmpfs) }
+
 // ErrOutside is the error, wrapped, for a path outside the kubelet's pods
 // directory: nothing is mounted, unmounted or removed there.
 var ErrOutside = errors.New("not under the kubelet's pods directory")
@@ -348,7 +356,7 @@ func (m *Mounter) OpenTmpfs(path string) (string, func(), error) {
 	done := func() { _ = f.Close() }
 	ok, err := m.IsTmpfs(path)
 	if err == nil && !ok {
-		err = fmt.Errorf("%s is no longer a tmpfs mount point: nothing is written there", path)
+		err = NotTmpfs(path)
 	}
 	var dir string
 	if err == nil {

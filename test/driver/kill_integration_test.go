@@ -108,14 +108,10 @@ func (n *node) logSince(offset int64) string {
 // mountsUnder lists the mount points under dir.
 func mountsUnder(t testing.TB, dir string) []string {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			out = append(out, f[4])
+	for _, mp := range mountPoints(t) {
+		if strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
 		}
 	}
 	return out

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -386,16 +387,23 @@ func svid(t testing.TB, v *testbed.PodVolume, wantID string) *x509.Certificate {
 
 func isMountPoint(t testing.TB, path string) bool {
 	t.Helper()
+	return slices.Contains(mountPoints(t), path)
+}
+
+// mountPoints are the mount points of /proc/self/mountinfo.
+func mountPoints(t testing.TB) []string {
+	t.Helper()
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			return true
+		if f := strings.Fields(line); len(f) > 4 {
+			out = append(out, f[4])
 		}
 	}
-	return false
+	return out
 }
 
 // requestsIn lists the CertificateRequests left in a namespace.
